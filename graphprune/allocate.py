@@ -1,0 +1,77 @@
+"""Allocate: turn per-unit scores and a ratio into the units each group loses.
+
+uniform: every prunable group loses floor(ratio * n) of its n units.
+global:  scores are divided by their group's mean (so groups are comparable), all units are
+         ranked together and the lowest floor(ratio * total) go, no group losing more than
+         `max_group_ratio` of its units.
+Then, per group, the kept count is rounded up to a multiple of `round_to` and never drops below
+one unit: a group is never emptied. Within a group the lowest-scoring units go (ties: lower
+index first).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from graphprune.depgraph import Group
+
+ALLOCATIONS = ("uniform", "global")
+
+
+def allocate(
+    groups: list[Group],
+    scores: Mapping[str, np.ndarray],
+    ratio: float,
+    mode: str = "uniform",
+    round_to: int = 1,
+    max_group_ratio: float = 0.9,
+) -> dict[str, np.ndarray]:
+    """Units to remove, per prunable group id (groups that lose nothing are left out)."""
+    prunable = [g for g in groups if g.prunable and g.id in scores]
+    if mode == "uniform":
+        counts = {g.id: math.floor(ratio * g.n_units + 1e-9) for g in prunable}
+    elif mode == "global":
+        counts = _global_counts(prunable, scores, ratio, max_group_ratio)
+    else:
+        raise ValueError(f"unknown allocation '{mode}' (known: {', '.join(ALLOCATIONS)})")
+    removals = {}
+    for group in prunable:
+        remove = _rounded_removal(group.n_units, counts[group.id], round_to)
+        if remove:
+            order = np.lexsort((np.arange(group.n_units), scores[group.id]))
+            removals[group.id] = np.sort(order[:remove])
+    return removals
+
+
+def _rounded_removal(n_units: int, remove: int, round_to: int) -> int:
+    kept = n_units - remove
+    kept = min(n_units, max(1, math.ceil(kept / round_to) * round_to))
+    return n_units - kept
+
+
+def _global_counts(
+    groups: list[Group], scores: Mapping[str, np.ndarray], ratio: float, max_group_ratio: float
+) -> dict[str, int]:
+    normalized, owners = [], []
+    for g in groups:
+        s = np.asarray(scores[g.id], dtype=np.float64)
+        mean = s.mean()
+        normalized.append(s / mean if mean > 0 else np.zeros_like(s))
+        owners.append(np.full(g.n_units, len(owners)))
+    if not groups:
+        return {}
+    flat, owner = np.concatenate(normalized), np.concatenate(owners)
+    target = math.floor(ratio * len(flat) + 1e-9)
+    caps = [math.floor(max_group_ratio * g.n_units) for g in groups]
+    counts = [0] * len(groups)
+    taken = 0
+    for k in np.argsort(flat, kind="stable"):
+        if taken == target:
+            break
+        if counts[owner[k]] < caps[owner[k]]:
+            counts[owner[k]] += 1
+            taken += 1
+    return {g.id: counts[i] for i, g in enumerate(groups)}

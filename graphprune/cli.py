@@ -1,0 +1,252 @@
+"""graphprune command line.
+
+Exit codes: 0 success, 1 verification failed, 2 bad usage or bad input, 3 internal error.
+Errors are one line on stderr; set GRAPHPRUNE_DEBUG=1 for a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from dataclasses import asdict
+
+from graphprune.errors import BadInput, GraphpruneError
+
+EXIT_OK, EXIT_VERIFY, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except GraphpruneError as err:
+        print(f"graphprune: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("graphprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one line, never a traceback, unless asked for
+        if os.environ.get("GRAPHPRUNE_DEBUG"):
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(
+            f"graphprune: internal error: {type(err).__name__}: {message} "
+            "(set GRAPHPRUNE_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error (argparse prints the whole usage)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="graphprune", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_Parser)
+
+    prune = commands.add_parser("prune", help="prune a model, verify it, write it")
+    prune.add_argument("input", help="ONNX model to prune (never modified)")
+    prune.add_argument("output", help="where to write the pruned model (atomically)")
+    prune.add_argument(
+        "--ratio",
+        type=_ratio,
+        default=0.5,
+        help="share of each group's units to remove (default 0.5)",
+    )
+    prune.add_argument("--criterion", default="l2", help="importance: l1, l2, random")
+    prune.add_argument("--allocation", choices=("uniform", "global"), default="uniform")
+    prune.add_argument(
+        "--round-to", type=_positive_int, default=1, help="keep a multiple of N units per group"
+    )
+    prune.add_argument("--plan", help="replay a saved plan instead of scoring")
+    prune.add_argument("--plan-out", help="save the plan as JSON")
+    prune.add_argument("--no-verify", action="store_true", help="skip the onnxruntime oracle")
+    prune.add_argument(
+        "--providers",
+        type=_providers,
+        default=("cpu", "cuda"),
+        help="execution providers for verification (default cpu,cuda)",
+    )
+    prune.add_argument(
+        "--shape",
+        action="append",
+        type=_shape,
+        default=[],
+        metavar="NAME:D0xD1x...",
+        help="input shape for dynamic dimensions",
+    )
+    prune.add_argument("--seed", type=int, default=0)
+    prune.add_argument("--json", action="store_true", help="print one JSON document")
+    prune.set_defaults(run=_run_prune)
+
+    inspect = commands.add_parser("inspect", help="list groups, prunable share and barriers")
+    inspect.add_argument("input", help="ONNX model")
+    inspect.add_argument("--json", action="store_true", help="print one JSON document")
+    inspect.set_defaults(run=_run_inspect)
+    return parser
+
+
+# -- argument types ------------------------------------------------------------------------
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError("ratio must be in [0, 1)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def _providers(text: str) -> tuple[str, ...]:
+    names = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    unknown = [p for p in names if p not in ("cpu", "cuda")]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"providers are cpu and cuda, not {','.join(unknown)}")
+    return names
+
+
+def _shape(text: str) -> tuple[str, tuple[int, ...]]:
+    name, _, dims = text.rpartition(":")
+    try:
+        return name, tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"shape must look like name:1x3x224x224, not {text}"
+        ) from None
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def _run_prune(args: argparse.Namespace) -> int:
+    from graphprune.passes import IMPORTANCE
+    from graphprune.pipeline import prune
+    from graphprune.plan import Plan
+
+    if args.criterion not in IMPORTANCE:
+        raise BadInput(
+            f"unknown criterion '{args.criterion}' (known: {', '.join(sorted(IMPORTANCE))})"
+        )
+    plan = Plan.load(args.plan) if args.plan else None
+    result = prune(
+        args.input,
+        args.output,
+        ratio=args.ratio,
+        criterion=args.criterion,
+        allocation=args.allocation,
+        round_to=args.round_to,
+        plan=plan,
+        verify=not args.no_verify,
+        providers=args.providers,
+        seed=args.seed,
+        input_shapes=dict(args.shape),
+    )
+    if args.plan_out:
+        result.plan.save(args.plan_out)
+    if args.json:
+        print(json.dumps(_prune_json(result), indent=1))
+    else:
+        _print_prune(result, args)
+    return EXIT_OK if result.passed else EXIT_VERIFY
+
+
+def _prune_json(result) -> dict:
+    return {
+        "written": result.written,
+        "passed": result.passed,
+        "groups": result.groups,
+        "prunable_groups": result.prunable_groups,
+        "pruned_groups": len(result.plan.groups),
+        "before": result.before.as_dict(),
+        "after": result.after.as_dict(),
+        "checks": [asdict(c) | {"passed": c.passed} for c in result.checks],
+        "seconds": result.seconds,
+        "plan": asdict(result.plan),
+    }
+
+
+def _print_prune(result, args) -> None:
+    from graphprune.report import table
+
+    print(
+        f"groups: {result.groups} ({result.prunable_groups} prunable), "
+        f"pruned: {len(result.plan.groups)}, criterion {result.plan.criterion}, "
+        f"ratio {result.plan.ratio}, allocation {result.plan.allocation}"
+    )
+    print(table(result.before, result.after))
+    for check in result.checks:
+        print(check.line())
+    if result.written:
+        print(f"wrote {args.output}")
+    else:
+        print(f"not written: verification failed ({args.output})")
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from graphprune.pipeline import analyze
+
+    analysis = analyze(args.input)
+    report = inspect_report(analysis)
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return EXIT_OK
+    print(
+        f"{args.input}: {report['params']:,} parameters, {len(report['groups'])} groups, "
+        f"{report['prunable_groups']} prunable, "
+        f"{report['prunable_params_share']:.1%} of parameters prunable"
+    )
+    print(f"{'group':<48}{'kind':<9}{'units':>7}{'spaces':>8}  status")
+    for g in report["groups"]:
+        status = "prunable" if g["prunable"] else "blocked: " + g["blocked"][0]
+        print(f"{g['id'][:47]:<48}{g['kind']:<9}{g['units']:>7}{g['spaces']:>8}  {status}")
+    if report["barriers"]:
+        print(
+            "ops without a rule (barriers): "
+            + ", ".join(f"{op} x{n}" for op, n in report["barriers"].items())
+        )
+    return EXIT_OK
+
+
+def inspect_report(analysis) -> dict:
+    """What `inspect` shows, as plain data."""
+    dep, index = analysis.dep, analysis.dep.index
+    float_constants = {name: v.size for name, v in index.constants.items() if v.dtype.kind == "f"}
+    prunable_tensors = {s.tensor for g in dep.groups if g.prunable for s in g.roles}
+    total = sum(float_constants.values())
+    prunable = sum(n for name, n in float_constants.items() if name in prunable_tensors)
+    return {
+        "params": total,
+        "prunable_params_share": prunable / total if total else 0.0,
+        "prunable_groups": sum(g.prunable for g in dep.groups),
+        "groups": [
+            {
+                "id": g.id,
+                "kind": g.kind,
+                "units": g.n_units,
+                "spaces": len(g.sizes),
+                "constants": sorted(f"{s.tensor}:{s.axis}:{r.value}" for s, r in g.roles.items()),
+                "prunable": g.prunable,
+                "blocked": g.blocked,
+            }
+            for g in dep.groups
+        ],
+        "barriers": dict(Counter(dep.missing_rules).most_common()),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

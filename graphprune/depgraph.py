@@ -1,0 +1,263 @@
+"""Analyze: the dependency graph of channel spaces, its groups, and the units inside each group.
+
+Every rule of the op table runs once per node and links channel spaces (networkx nodes) with
+explicit index relations. A connected component is a **group**: the spaces that must lose
+indices together. Inside a group, individual indices are joined through the relations
+(union-find); each resulting class is a **unit**, the smallest thing that can be removed (a
+channel, a shuffle pair, a whole GroupNorm group, a local index of a grouped conv).
+
+A group is prunable only if it is *closed*: every node that produces or consumes one of its
+spaces linked that space (so it knows how to shrink it), no space is a graph input or output,
+and no rule blocked one of its spaces. An op without a rule links nothing, so it blocks every
+group it touches, with the reason.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import networkx as nx
+import numpy as np
+import onnx
+
+from graphprune.graph import GraphIndex, node_label
+from graphprune.ops import Fix, Role, RuleContext, Space, rule_for
+
+
+@dataclass
+class Group:
+    """Spaces that lose the same units together, and everything that must follow them."""
+
+    id: str
+    anchor: Space  # a space in which every unit has at least one index
+    sizes: dict[Space, int]
+    labels: dict[Space, np.ndarray]  # unit id of every index of every space
+    n_units: int
+    roles: dict[Space, Role]  # constant spaces and what they do for the channel
+    fixes: list[Fix]
+    blocked: list[str]  # why the group cannot be pruned; empty if it can
+    kind: str = "channel"
+
+    @property
+    def prunable(self) -> bool:
+        return not self.blocked
+
+    @property
+    def spaces(self) -> list[Space]:
+        return sorted(self.sizes)
+
+    def indices(self, space: Space, units: np.ndarray) -> np.ndarray:
+        """Indices of `space` that belong to `units`."""
+        return np.flatnonzero(np.isin(self.labels[space], units))
+
+    def anchor_units(self, anchor_indices) -> np.ndarray:
+        """Units that own the given anchor indices (how a saved plan names its removals)."""
+        return np.unique(self.labels[self.anchor][np.asarray(anchor_indices, dtype=np.int64)])
+
+    def first_anchor_index(self, units: np.ndarray) -> np.ndarray:
+        """For each unit, its first index in the anchor space."""
+        labels = self.labels[self.anchor]
+        return np.array([int(np.flatnonzero(labels == u)[0]) for u in units], dtype=np.int64)
+
+    def params(self, index: GraphIndex) -> int:
+        """Constant elements in the group's slices (a constant sliced on two axes counts twice)."""
+        total = 0
+        for space in self.roles:
+            total += int(np.prod(index.shapes[space.tensor]))
+        return total
+
+
+@dataclass
+class DepGraph:
+    """The links all rules made, and the groups they form. Build with `DepGraph.build(model)`."""
+
+    index: GraphIndex
+    graph: nx.Graph = field(default_factory=nx.Graph)
+    links: list[tuple[Space, Space, np.ndarray, np.ndarray]] = field(default_factory=list)
+    touched: dict[int, set[Space]] = field(default_factory=lambda: defaultdict(set))
+    blocks: dict[Space, list[str]] = field(default_factory=lambda: defaultdict(list))
+    roles: dict[Space, Role] = field(default_factory=dict)
+    fixes: list[Fix] = field(default_factory=list)
+    missing_rules: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    @classmethod
+    def build(cls, model: onnx.ModelProto) -> DepGraph:
+        """`model` must already carry inferred shapes (see `load.infer_shapes`)."""
+        dep = cls(index=GraphIndex.build(model))
+        for position, node in enumerate(model.graph.node):
+            rule = rule_for(node)
+            if rule is None:
+                if node.op_type != "Constant":
+                    dep.missing_rules[_op_name(node)] += 1
+                continue
+            rule(RuleContext(dep.index, position, dep))
+        return dep
+
+    # -- the sink rules write into -------------------------------------------------------------
+    def add_link(self, position: int, a: Space, size_a: int, b: Space, size_b: int, pairs):
+        ia, ib = (np.asarray(p, dtype=np.int64) for p in pairs)
+        self.graph.add_node(a, size=size_a)
+        self.graph.add_node(b, size=size_b)
+        self.graph.add_edge(a, b)
+        self.links.append((a, b, ia, ib))
+        self.touched[position].update((a, b))
+
+    def add_role(self, space: Space, role: Role) -> None:
+        # A constant read by one op and transformed by another keeps the reading role: the
+        # oracle must zero what reads a removed channel.
+        if self.roles.get(space) != Role.IN:
+            self.roles[space] = role
+
+    def add_fix(self, fix: Fix) -> None:
+        self.fixes.append(fix)
+
+    def add_block(self, position: int, space: Space, reason: str) -> None:
+        self.blocks[space].append(reason)
+
+    # -- groups -------------------------------------------------------------------------------
+    @cached_property
+    def groups(self) -> list[Group]:
+        """Candidate groups (at least one constant slice and two units), prunable or blocked."""
+        links_by_space = defaultdict(list)
+        for link in self.links:
+            links_by_space[link[0]].append(link)
+        fixes_by_space = defaultdict(list)
+        for fix in self.fixes:
+            for space in fix.spaces:
+                fixes_by_space[space].append(fix)
+        groups = []
+        for component in nx.connected_components(self.graph):
+            if not any(space in self.roles for space in component):
+                continue
+            group = self._group(component, links_by_space, fixes_by_space)
+            if group.n_units >= 2:
+                groups.append(group)
+        return sorted(groups, key=lambda g: g.id)
+
+    def _group(self, component, links_by_space, fixes_by_space) -> Group:
+        spaces = sorted(component)
+        sizes = {s: self.graph.nodes[s]["size"] for s in spaces}
+        links = [link for s in spaces for link in links_by_space[s]]
+        labels = _units(sizes, links)
+        volume = {s: int(np.prod(self.index.shapes[s.tensor])) for s in spaces if s in self.roles}
+        anchor = _anchor(spaces, labels, self.roles, volume)
+        labels = _number_units_by_anchor(labels, anchor)
+        fixes = list({id(f): f for s in spaces for f in fixes_by_space[s]}.values())
+        return Group(
+            id=f"{anchor.tensor}:{anchor.axis}",
+            anchor=anchor,
+            sizes=sizes,
+            labels=labels,
+            n_units=int(labels[anchor].max()) + 1,
+            roles={s: self.roles[s] for s in spaces if s in self.roles},
+            fixes=fixes,
+            blocked=self._blocked(spaces),
+        )
+
+    def _blocked(self, spaces: list[Space]) -> list[str]:
+        """Reasons the group is not closed (deduplicated, in a stable order)."""
+        reasons: list[str] = []
+        index = self.index
+        for space in spaces:
+            reasons.extend(self.blocks.get(space, []))
+            tensor = space.tensor
+            if tensor in index.graph_inputs:
+                reasons.append(f"{space} is a graph input")
+            if tensor in index.graph_outputs:
+                reasons.append(f"{space} is a graph output")
+            orphan = tensor not in index.producer and tensor not in index.graph_inputs
+            if orphan and not index.is_constant(tensor):
+                reasons.append(f"{space} has no producer in the graph")
+            users = list(index.consumers.get(tensor, []))
+            if tensor in index.producer and not index.is_constant(tensor):
+                users.append(index.producer[tensor])  # a Constant node is edited in place
+            for position in users:
+                if space not in self.touched.get(position, ()):
+                    reasons.append(self._unhandled(position, space))
+        return list(dict.fromkeys(reasons))
+
+    def _unhandled(self, position: int, space: Space) -> str:
+        node = self.index.node(position)
+        label = node_label(node, position)
+        if rule_for(node) is None:
+            return f"{label}: op {_op_name(node)} has no rule (barrier) at {space}"
+        return f"{label}: its rule does not carry {space}"
+
+    def group(self, group_id: str) -> Group:
+        for group in self.groups:
+            if group.id == group_id:
+                return group
+        raise KeyError(group_id)
+
+
+def _op_name(node: onnx.NodeProto) -> str:
+    return f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+
+
+def _units(sizes: dict[Space, int], links) -> dict[Space, np.ndarray]:
+    """Union-find over every index of every space: returns each space's unit label per index."""
+    offsets, total = {}, 0
+    for space, size in sizes.items():
+        offsets[space] = total
+        total += size
+    if links:
+        a = np.concatenate([offsets[x] + ia for x, _, ia, _ in links])
+        b = np.concatenate([offsets[y] + ib for _, y, _, ib in links])
+    else:
+        a = b = np.zeros(0, dtype=np.int64)
+    root = _connected(total, a, b)
+    _, labels = np.unique(root, return_inverse=True)
+    return {s: labels[offsets[s] : offsets[s] + sizes[s]] for s in sizes}
+
+
+def _connected(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Smallest member of each element's component: hook larger roots under smaller ones, then
+    compress by pointer jumping, until every pair shares a root."""
+    parent = np.arange(n)
+    while True:
+        ra, rb = parent[a], parent[b]
+        differ = ra != rb
+        if not differ.any():
+            return parent
+        low, high = np.minimum(ra, rb)[differ], np.maximum(ra, rb)[differ]
+        np.minimum.at(parent, high, low)
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+
+
+def _anchor(
+    spaces: list[Space], labels: dict[Space, np.ndarray], roles, volume: dict[Space, int]
+) -> Space:
+    """A space that holds every unit, preferring the largest produced constant with one index
+    per unit (a conv's output rows), so that plans name removals as its channel indices."""
+    n_units = int(max(int(lab.max()) for lab in labels.values())) + 1
+
+    def rank(space: Space):
+        covered = len(np.unique(labels[space]))
+        one_to_one = covered == len(labels[space])
+        return (
+            covered != n_units,
+            not one_to_one,
+            roles.get(space) != Role.OUT,
+            space not in roles,
+            -volume.get(space, 0),
+            space,
+        )
+
+    return min(spaces, key=rank)
+
+
+def _number_units_by_anchor(labels: dict[Space, np.ndarray], anchor: Space):
+    """Renumber units in the order they first appear along the anchor axis."""
+    _, first = np.unique(labels[anchor], return_index=True)
+    order = list(labels[anchor][np.sort(first)])
+    n_units = max(int(lab.max()) for lab in labels.values()) + 1
+    order += sorted(set(range(n_units)) - set(order))  # units the anchor misses go last
+    mapping = np.empty(n_units, dtype=np.int64)
+    mapping[order] = np.arange(n_units)
+    return {s: mapping[lab] for s, lab in labels.items()}

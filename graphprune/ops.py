@@ -1,0 +1,895 @@
+"""The op table: every op's channel rule, written once, read by analysis, scoring and rewriting.
+
+A *channel space* is one axis of one tensor, `Space(tensor, axis)`. A rule looks at one node and
+says, with explicit index relations, which index of which space is the same channel as which
+index of another (`ctx.link`). It also says which constant slices *produce* a channel (role
+`out`), *read* it (role `in`), or only have to follow it (role `stat`, e.g. BatchNorm running
+statistics), and which attributes or shape constants encode a size that must be rewritten
+(`ctx.fix`). Nothing else is known about an op.
+
+Whatever a rule does not link is not handled: the closure check in `depgraph` blocks any group
+in which a node touches a space its rule did not link, so an op without a rule is a barrier and
+an op with a rule is a barrier on the axes it cannot map. Nothing is guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+from math import prod
+
+import numpy as np
+import onnx
+
+from graphprune.edit import ConstantStore
+from graphprune.graph import GraphIndex, attribute, node_label
+
+
+@dataclass(frozen=True, order=True)
+class Space:
+    """One axis of one tensor: the thing whose indices are channels."""
+
+    tensor: str
+    axis: int
+
+    def __str__(self) -> str:
+        return f"{self.tensor}[axis {self.axis}]"
+
+
+class Role(str, Enum):
+    OUT = "out"  # the slice produces or transforms the channel (conv rows, BN scale, biases)
+    IN = "in"  # the slice reads the channel (the next layer's input columns)
+    STAT = "stat"  # must follow the channel but is not a parameter (BN running mean and var)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixes: sizes written in attributes and shape constants, recomputed after pruning.
+# ---------------------------------------------------------------------------------------------
+
+NewSize = Callable[[Space], int]
+Kept = Callable[[Space], np.ndarray]
+
+
+@dataclass(frozen=True)
+class AttrFix:
+    """Integer attribute = new size of `space` // `per` (Conv `group`, GroupNorm `num_groups`)."""
+
+    node: int
+    name: str
+    space: Space
+    per: int = 1
+
+    @property
+    def spaces(self) -> tuple[Space, ...]:
+        return (self.space,)
+
+    def apply(self, model: onnx.ModelProto, store: ConstantStore, size: NewSize, kept: Kept):
+        node = model.graph.node[self.node]
+        _set_attribute(node, self.name, size(self.space) // self.per)
+
+
+@dataclass(frozen=True)
+class ShapeEntryFix:
+    """Entry `entry` of the 1-D int constant at input `input_index` of node = new size of `space`
+    (Reshape / Expand targets, Resize `sizes`)."""
+
+    node: int
+    input_index: int
+    entry: int
+    space: Space
+
+    @property
+    def spaces(self) -> tuple[Space, ...]:
+        return (self.space,)
+
+    def apply(self, model: onnx.ModelProto, store: ConstantStore, size: NewSize, kept: Kept):
+        node = model.graph.node[self.node]
+        name = store.private_copy(node, self.input_index)
+        values = store.get(name).copy()
+        values[self.entry] = size(self.space)
+        store.set(name, values)
+
+
+@dataclass(frozen=True)
+class SplitFix:
+    """Split sizes = new sizes of the outputs' split-axis spaces."""
+
+    node: int
+    outputs: tuple[Space, ...]
+
+    @property
+    def spaces(self) -> tuple[Space, ...]:
+        return self.outputs
+
+    def apply(self, model: onnx.ModelProto, store: ConstantStore, size: NewSize, kept: Kept):
+        node = model.graph.node[self.node]
+        sizes = np.array([size(space) for space in self.outputs], dtype=np.int64)
+        _remove_attribute(node, "num_outputs")
+        if _opset(model) < 13:
+            _set_attribute(node, "split", [int(s) for s in sizes])
+            return
+        name = store.add(f"{node.name or node.output[0]}_split", sizes)
+        if len(node.input) > 1:
+            node.input[1] = name
+        else:
+            node.input.append(name)
+
+
+@dataclass(frozen=True)
+class SliceFix:
+    """Slice bounds on one axis: the kept inputs before `start` shift the new start."""
+
+    node: int
+    position: int  # index into the starts/ends vectors
+    source: Space
+    start: int
+    result: Space
+
+    @property
+    def spaces(self) -> tuple[Space, ...]:
+        return (self.source, self.result)
+
+    def apply(self, model: onnx.ModelProto, store: ConstantStore, size: NewSize, kept: Kept):
+        node = model.graph.node[self.node]
+        new_start = int(np.count_nonzero(kept(self.source) < self.start))
+        for input_index, value in ((1, new_start), (2, new_start + size(self.result))):
+            name = store.private_copy(node, input_index)
+            values = store.get(name).copy()
+            values[self.position] = value
+            store.set(name, values)
+
+
+Fix = AttrFix | ShapeEntryFix | SplitFix | SliceFix
+
+
+def _set_attribute(node: onnx.NodeProto, name: str, value) -> None:
+    _remove_attribute(node, name)
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+def _remove_attribute(node: onnx.NodeProto, name: str) -> None:
+    for i, attr in enumerate(node.attribute):
+        if attr.name == name:
+            del node.attribute[i]
+            return
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The context a rule writes into.
+# ---------------------------------------------------------------------------------------------
+
+
+class RuleContext:
+    """What a rule sees of the graph, and the three things it can say about it."""
+
+    def __init__(self, index: GraphIndex, position: int, sink):
+        self.index = index
+        self.position = position
+        self.node = index.node(position)
+        self.label = node_label(self.node, position)
+        self._sink = sink
+
+    # -- reading ---------------------------------------------------------------------------
+    def input(self, i: int) -> str:
+        return self.node.input[i] if i < len(self.node.input) else ""
+
+    def output(self, i: int) -> str:
+        return self.node.output[i] if i < len(self.node.output) else ""
+
+    def rank(self, name: str) -> int | None:
+        return self.index.rank(name) if name else None
+
+    def size(self, name: str, axis: int) -> int | None:
+        return self.index.static_size(name, axis) if name else None
+
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        """The static shape of `name`, or None if any dimension is unknown or symbolic."""
+        dims = self.index.shapes.get(name) if name else None
+        if dims is None or not all(isinstance(d, int) for d in dims):
+            return None
+        return tuple(dims)
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.index.const(name)
+
+    def attr(self, name: str, default=None):
+        return attribute(self.node, name, default)
+
+    def ints_input_or_attr(self, input_index: int, attr_name: str) -> list[int] | None:
+        """A list of ints given as a constant input (newer opsets) or an attribute (older)."""
+        if self.input(input_index):
+            value = self.const(self.input(input_index))
+            return None if value is None else [int(v) for v in value.reshape(-1)]
+        value = self.attr(attr_name)
+        return None if value is None else [int(v) for v in value]
+
+    # -- saying ----------------------------------------------------------------------------
+    def link(self, a: Space, b: Space, pairs: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Index pairs[0][k] of `a` is the same channel as index pairs[1][k] of `b`.
+        Without pairs: the identity (sizes must match). Spaces of unknown or unit size are not
+        channels and are skipped."""
+        size_a, size_b = self.size(a.tensor, a.axis), self.size(b.tensor, b.axis)
+        if size_a is None or size_b is None or size_a < 2 or size_b < 2:
+            return
+        if pairs is None:
+            if size_a != size_b:
+                return
+            pairs = (np.arange(size_a), np.arange(size_b))
+        self._sink.add_link(self.position, a, size_a, b, size_b, pairs)
+
+    def role(self, space: Space, role: Role) -> None:
+        if self.index.is_constant(space.tensor):
+            self._sink.add_role(space, role)
+
+    def fix(self, fix: Fix) -> None:
+        self._sink.add_fix(fix)
+
+    def block(self, space: Space, reason: str) -> None:
+        self._sink.add_block(self.position, space, f"{self.label}: {reason}")
+
+    def space(self, name: str, axis: int) -> Space:
+        """`Space` with a non-negative axis."""
+        rank = self.rank(name)
+        return Space(name, axis % rank if rank and axis < 0 else axis)
+
+
+Rule = Callable[[RuleContext], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared shapes of rules
+# ---------------------------------------------------------------------------------------------
+
+
+def identity_all_axes(ctx: RuleContext, source: str, targets: Iterable[str]) -> None:
+    rank = ctx.rank(source)
+    for target in targets:
+        if target and rank is not None and ctx.rank(target) == rank:
+            for axis in range(rank):
+                ctx.link(Space(source, axis), Space(target, axis))
+
+
+def unary(ctx: RuleContext) -> None:
+    """Elementwise on input 0 (extra inputs are scalars such as Clip bounds)."""
+    identity_all_axes(ctx, ctx.input(0), ctx.node.output)
+
+
+def broadcast(
+    ctx: RuleContext,
+    inputs: Iterable[str] | None = None,
+    output: str | None = None,
+    role: Role = Role.OUT,
+) -> None:
+    """Numpy broadcasting: axes align from the right; an input axis of the output's size is the
+    same channel as the output axis; a broadcast (size 1) axis is not a channel."""
+    output = output or ctx.output(0)
+    out_rank = ctx.rank(output)
+    if out_rank is None:
+        return
+    for name in inputs if inputs is not None else ctx.node.input:
+        rank = ctx.rank(name)
+        if not name or rank is None:
+            continue
+        for axis in range(rank):
+            out_axis = axis + out_rank - rank
+            if ctx.size(name, axis) == ctx.size(output, out_axis):
+                ctx.link(Space(name, axis), Space(output, out_axis))
+                ctx.role(Space(name, axis), role)
+
+
+def block_map(size: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index i on one side is indices [i*width, (i+1)*width) on the other."""
+    outer = np.repeat(np.arange(size), width)
+    return outer, np.arange(size * width)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight layers
+# ---------------------------------------------------------------------------------------------
+
+
+def conv(ctx: RuleContext) -> None:
+    """Conv: Y[n, o] = sum_c W[o, c] * X[n, g(o) * C/g + c] (+ B[o]).
+
+    group == 1: X's channel axis is W's axis 1 (read), W's axis 0 is Y's channel (produced).
+    Depthwise (W[:, 0:1], group == C_in): input channel i feeds outputs [i*m, (i+1)*m), so they
+    are one channel and `group` follows the input width. Grouped (C_in/group > 1, ResNeXt):
+    every group must keep the same local indices, so local index l couples the l-th channel of
+    all groups, on both sides, and `group` stays.
+    """
+    x, w, b, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
+    w_shape, groups = ctx.shape(w), ctx.attr("group", 1)
+    if w_shape is None:
+        return
+    out_channels, in_per_group = w_shape[0], w_shape[1]
+    ctx.link(Space(x, 0), Space(y, 0))
+    ctx.link(Space(w, 0), Space(y, 1))
+    ctx.role(Space(w, 0), Role.OUT)
+    if b:
+        ctx.link(Space(b, 0), Space(y, 1))
+        ctx.role(Space(b, 0), Role.OUT)
+    if groups == 1:
+        ctx.link(Space(x, 1), Space(w, 1))
+        ctx.role(Space(w, 1), Role.IN)
+    elif in_per_group == 1:
+        ctx.link(Space(x, 1), Space(y, 1), block_map(groups, out_channels // groups))
+        ctx.fix(AttrFix(ctx.position, "group", Space(x, 1)))
+    else:
+        x_indices = np.arange(groups * in_per_group)
+        ctx.link(Space(x, 1), Space(w, 1), (x_indices, x_indices % in_per_group))
+        ctx.role(Space(w, 1), Role.IN)
+        out_per_group = out_channels // groups
+        o = np.arange(out_channels)
+        ctx.link(Space(w, 0), Space(w, 0), (o, o % out_per_group))
+
+
+def conv_transpose(ctx: RuleContext) -> None:
+    """ConvTranspose: W is [C_in, C_out/group, k...]; axis 0 reads X's channels, axis 1 makes
+    Y's."""
+    x, w, b, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
+    ctx.link(Space(x, 0), Space(y, 0))
+    if ctx.attr("group", 1) != 1:
+        for space in (Space(x, 1), Space(y, 1)):
+            ctx.block(space, "grouped ConvTranspose has no rule")
+        return
+    ctx.link(Space(x, 1), Space(w, 0))
+    ctx.role(Space(w, 0), Role.IN)
+    ctx.link(Space(w, 1), Space(y, 1))
+    ctx.role(Space(w, 1), Role.OUT)
+    if b:
+        ctx.link(Space(b, 0), Space(y, 1))
+        ctx.role(Space(b, 0), Role.OUT)
+
+
+def gemm(ctx: RuleContext) -> None:
+    """Gemm: Y = alpha * op(A) @ op(B) + beta * C; the contraction axis K reads, B's N axis
+    makes Y's."""
+    a, b, c, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
+    trans_a, trans_b = ctx.attr("transA", 0), ctx.attr("transB", 0)
+    a_m, a_k = (1, 0) if trans_a else (0, 1)
+    b_k, b_n = (1, 0) if trans_b else (0, 1)
+    ctx.link(Space(a, a_k), Space(b, b_k))
+    ctx.role(Space(b, b_k), Role.IN)
+    ctx.role(Space(a, a_k), Role.IN)
+    ctx.link(Space(b, b_n), Space(y, 1))
+    ctx.role(Space(b, b_n), Role.OUT)
+    ctx.link(Space(a, a_m), Space(y, 0))
+    ctx.role(Space(a, a_m), Role.OUT)
+    if c:
+        broadcast(ctx, [c], y)
+
+
+def matmul(ctx: RuleContext) -> None:
+    """MatMul (numpy semantics): A[..., M, K] @ B[..., K, N]; batch axes broadcast."""
+    a, b, y = ctx.input(0), ctx.input(1), ctx.output(0)
+    ra, rb, ry = ctx.rank(a), ctx.rank(b), ctx.rank(y)
+    if ra is None or rb is None or ry is None:
+        return
+    ctx.link(Space(a, ra - 1), Space(b, max(rb - 2, 0)))
+    ctx.role(Space(a, ra - 1), Role.IN)
+    ctx.role(Space(b, max(rb - 2, 0)), Role.IN)
+    if rb >= 2:
+        ctx.link(Space(b, rb - 1), Space(y, ry - 1))
+        ctx.role(Space(b, rb - 1), Role.OUT)
+    if ra >= 2:
+        ctx.link(Space(a, ra - 2), Space(y, ry - 1 - (rb >= 2)))
+        ctx.role(Space(a, ra - 2), Role.OUT)
+    for name, rank in ((a, ra), (b, rb)):
+        for axis in range(rank - 2):
+            out_axis = axis + (ry - 2) - (rank - 2)
+            if ctx.size(name, axis) == ctx.size(y, out_axis):
+                ctx.link(Space(name, axis), Space(y, out_axis))
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalization
+# ---------------------------------------------------------------------------------------------
+
+
+def batch_norm(ctx: RuleContext) -> None:
+    """BatchNormalization: per channel (axis 1) scale, bias, running mean and variance."""
+    x, y = ctx.input(0), ctx.output(0)
+    if len([o for o in ctx.node.output if o]) > 1:
+        ctx.block(Space(x, 1), "training-mode BatchNormalization has no rule")
+        return
+    identity_all_axes(ctx, x, [y])
+    for i, role in ((1, Role.OUT), (2, Role.OUT), (3, Role.STAT), (4, Role.STAT)):
+        ctx.link(Space(ctx.input(i), 0), Space(y, 1))
+        ctx.role(Space(ctx.input(i), 0), role)
+
+
+def instance_norm(ctx: RuleContext) -> None:
+    """InstanceNormalization: statistics per (sample, channel), so channels are independent."""
+    x, y = ctx.input(0), ctx.output(0)
+    identity_all_axes(ctx, x, [y])
+    for i in (1, 2):
+        ctx.link(Space(ctx.input(i), 0), Space(y, 1))
+        ctx.role(Space(ctx.input(i), 0), Role.OUT)
+
+
+def group_norm(ctx: RuleContext) -> None:
+    """GroupNormalization (opset 21, per-channel scale and bias): statistics per group of C/G
+    channels, so only whole groups can go; `num_groups` follows. The deprecated opset-18 form
+    (per-group scale) is not linked, so closure blocks it."""
+    x, y = ctx.input(0), ctx.output(0)
+    channels, groups = ctx.size(x, 1), ctx.attr("num_groups")
+    if channels is None or not groups:
+        return
+    per_group = channels // groups
+    identity_all_axes(ctx, x, [y])
+    c = np.arange(channels)
+    ctx.link(Space(y, 1), Space(y, 1), (c, c // per_group * per_group))
+    for i in (1, 2):
+        ctx.link(Space(ctx.input(i), 0), Space(y, 1))
+        ctx.role(Space(ctx.input(i), 0), Role.OUT)
+    ctx.fix(AttrFix(ctx.position, "num_groups", Space(y, 1), per=per_group))
+
+
+def layer_norm(ctx: RuleContext) -> None:
+    """LayerNormalization normalizes over axes >= axis: those are not channels here (removing
+    one changes every other's statistics); leading axes pass through."""
+    x = ctx.input(0)
+    rank = ctx.rank(x)
+    if rank is None:
+        return
+    first = ctx.attr("axis", -1) % rank
+    for out in ctx.node.output:
+        for axis in range(first):
+            ctx.link(Space(x, axis), Space(out, axis))
+    for axis in range(first, rank):
+        ctx.block(Space(x, axis), "LayerNormalization normalizes over this axis")
+
+
+def softmax(ctx: RuleContext) -> None:
+    """Softmax-like ops normalize over `axis` (and, before opset 13, every axis after it)."""
+    x, y = ctx.input(0), ctx.output(0)
+    rank = ctx.rank(x)
+    if rank is None:
+        return
+    default = -1 if ctx.index.opset >= 13 else 1
+    axis = ctx.attr("axis", default) % rank
+    reduced = {axis} if ctx.index.opset >= 13 else set(range(axis, rank))
+    for a in range(rank):
+        if a in reduced:
+            ctx.block(Space(x, a), f"{ctx.node.op_type} normalizes over this axis")
+        else:
+            ctx.link(Space(x, a), Space(y, a))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data movement
+# ---------------------------------------------------------------------------------------------
+
+
+def concat(ctx: RuleContext) -> None:
+    """Concat: input k's index i is output index offset_k + i on the concat axis."""
+    y = ctx.output(0)
+    rank = ctx.rank(y)
+    if rank is None:
+        return
+    axis = ctx.attr("axis") % rank
+    offset = 0
+    for name in ctx.node.input:
+        width = ctx.size(name, axis)
+        if width is None:
+            return
+        indices = np.arange(width)
+        ctx.link(Space(name, axis), Space(y, axis), (indices, indices + offset))
+        ctx.role(Space(name, axis), Role.OUT)
+        for a in range(rank):
+            if a != axis:
+                ctx.link(Space(name, a), Space(y, a))
+        offset += width
+
+
+def split(ctx: RuleContext) -> None:
+    """Split: output k's index i is input index offset_k + i; the sizes are rewritten."""
+    x = ctx.input(0)
+    rank = ctx.rank(x)
+    if rank is None:
+        return
+    axis = ctx.attr("axis", 0) % rank
+    outputs = [o for o in ctx.node.output]
+    widths = [ctx.size(o, axis) for o in outputs]
+    if any(w is None for w in widths):
+        return
+    offset = 0
+    for out, width in zip(outputs, widths, strict=True):
+        indices = np.arange(width)
+        ctx.link(Space(x, axis), Space(out, axis), (indices + offset, indices))
+        for a in range(rank):
+            if a != axis:
+                ctx.link(Space(x, a), Space(out, a))
+        offset += width
+    ctx.fix(SplitFix(ctx.position, tuple(Space(o, axis) for o in outputs)))
+
+
+def slice_(ctx: RuleContext) -> None:
+    """Slice with constant bounds and step 1: output index i is input index start + i."""
+    x, y = ctx.input(0), ctx.output(0)
+    rank = ctx.rank(x)
+    starts, ends = ctx.const(ctx.input(1)), ctx.const(ctx.input(2))
+    if rank is None or starts is None or ends is None:
+        return
+    axes = ctx.const(ctx.input(3)) if ctx.input(3) else np.arange(len(starts))
+    steps = ctx.const(ctx.input(4)) if ctx.input(4) else np.ones(len(starts), dtype=np.int64)
+    if axes is None or steps is None:
+        return
+    sliced = {int(a) % rank: k for k, a in enumerate(axes)}
+    for a in range(rank):
+        if a not in sliced:
+            ctx.link(Space(x, a), Space(y, a))
+            continue
+        k, width, out_width = sliced[a], ctx.size(x, a), ctx.size(y, a)
+        if steps[k] != 1 or width is None or out_width is None:
+            ctx.block(Space(x, a), "Slice with a step other than 1 on this axis")
+            continue
+        start = int(np.clip(starts[k] + width if starts[k] < 0 else starts[k], 0, width))
+        indices = np.arange(out_width)
+        ctx.link(Space(x, a), Space(y, a), (indices + start, indices))
+        ctx.fix(SliceFix(ctx.position, k, Space(x, a), start, Space(y, a)))
+
+
+def pad(ctx: RuleContext) -> None:
+    """Pad: axes with no padding pass through; padded axes are not channels."""
+    x, y = ctx.input(0), ctx.output(0)
+    rank = ctx.rank(x)
+    pads = ctx.ints_input_or_attr(1, "pads")
+    if rank is None or pads is None:
+        return
+    axes = ctx.const(ctx.input(3)) if ctx.input(3) else np.arange(rank)
+    if axes is None:
+        return
+    padded = {axes[k] % rank for k in range(len(axes)) if pads[k] or pads[k + len(axes)]}
+    for a in range(rank):
+        if a in padded:
+            ctx.block(Space(x, a), "Pad pads this axis")
+        else:
+            ctx.link(Space(x, a), Space(y, a))
+
+
+def pool(ctx: RuleContext) -> None:
+    """Pooling: batch and channel pass through (also to MaxPool's Indices output)."""
+    x = ctx.input(0)
+    for out in ctx.node.output:
+        if out:
+            ctx.link(Space(x, 0), Space(out, 0))
+            ctx.link(Space(x, 1), Space(out, 1))
+
+
+def resize(ctx: RuleContext) -> None:
+    """Resize/Upsample: axes whose size does not change pass through; a `sizes` entry for such
+    an axis is rewritten."""
+    x, y = ctx.input(0), ctx.output(0)
+    rank = ctx.rank(x)
+    if rank is None:
+        return
+    sizes_input = ctx.input(3) if ctx.node.op_type == "Resize" else ""
+    axes = ctx.attr("axes") or list(range(rank))
+    for a in range(rank):
+        if ctx.size(x, a) is None or ctx.size(x, a) != ctx.size(y, a):
+            continue
+        if sizes_input and a in [ax % rank for ax in axes]:
+            if ctx.const(sizes_input) is None:
+                ctx.block(Space(x, a), "Resize sizes come from a non-constant subgraph")
+                continue
+            entry = [ax % rank for ax in axes].index(a)
+            ctx.fix(ShapeEntryFix(ctx.position, 3, entry, Space(y, a)))
+        ctx.link(Space(x, a), Space(y, a))
+
+
+def transpose(ctx: RuleContext) -> None:
+    x, y = ctx.input(0), ctx.output(0)
+    rank = ctx.rank(x)
+    if rank is None:
+        return
+    perm = ctx.attr("perm") or list(reversed(range(rank)))
+    for out_axis, in_axis in enumerate(perm):
+        ctx.link(Space(x, in_axis), Space(y, out_axis))
+
+
+def squeeze_unsqueeze(ctx: RuleContext) -> None:
+    """Squeeze/Unsqueeze: the remaining axes keep their order."""
+    x, y = ctx.input(0), ctx.output(0)
+    rx, ry = ctx.rank(x), ctx.rank(y)
+    if rx is None or ry is None:
+        return
+    axes = ctx.ints_input_or_attr(1, "axes")
+    squeeze = ctx.node.op_type == "Squeeze"
+    if axes is None:
+        if not squeeze:
+            return
+        shape = ctx.index.shapes.get(x) or ()
+        axes = [a for a, d in enumerate(shape) if d == 1]
+    removed = {a % (rx if squeeze else ry) for a in axes}
+    kept_in = [a for a in range(rx) if not (squeeze and a in removed)]
+    kept_out = [a for a in range(ry) if squeeze or a not in removed]
+    for a_in, a_out in zip(kept_in, kept_out, strict=False):
+        ctx.link(Space(x, a_in), Space(y, a_out))
+
+
+def reduce(ctx: RuleContext) -> None:
+    """Reduce over some axes: the other axes pass through (shifted when keepdims=0)."""
+    x, y = ctx.input(0), ctx.output(0)
+    rank = ctx.rank(x)
+    if rank is None:
+        return
+    axes = ctx.ints_input_or_attr(1, "axes")
+    if axes is None:
+        if ctx.attr("noop_with_empty_axes", 0):
+            identity_all_axes(ctx, x, [y])
+        return
+    reduced = {a % rank for a in axes}
+    keepdims = ctx.attr("keepdims", 1)
+    out_axis = 0
+    for a in range(rank):
+        if a in reduced:
+            ctx.block(Space(x, a), f"{ctx.node.op_type} reduces over this axis")
+        else:
+            ctx.link(Space(x, a), Space(y, out_axis))
+        out_axis += 1 if keepdims or a not in reduced else 0
+
+
+def expand(ctx: RuleContext) -> None:
+    """Expand: axes already at the target size pass through; their shape entries are rewritten."""
+    x, shape_name, y = ctx.input(0), ctx.input(1), ctx.output(0)
+    rx, ry, target = ctx.rank(x), ctx.rank(y), ctx.const(shape_name)
+    if rx is None or ry is None:
+        return
+    for a in range(rx):
+        out_axis = a + ry - rx
+        if ctx.size(x, a) is None or ctx.size(x, a) != ctx.size(y, out_axis):
+            continue
+        entry = out_axis - (ry - len(target)) if target is not None else -1
+        if target is None:
+            ctx.block(Space(x, a), "Expand shape comes from a non-constant subgraph")
+            continue
+        if entry >= 0 and target[entry] not in (1, -1):
+            ctx.fix(ShapeEntryFix(ctx.position, 1, entry, Space(y, out_axis)))
+        ctx.link(Space(x, a), Space(y, out_axis))
+
+
+def shape_reader(ctx: RuleContext) -> None:
+    """Shape/Size read sizes: a pruned size would change the values they produce."""
+    x = ctx.input(0)
+    for a in range(ctx.rank(x) or 0):
+        ctx.block(Space(x, a), f"{ctx.node.op_type} reads this tensor's sizes")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reshape and Flatten: axes are merged or split; the channel is the leading non-unit axis.
+# ---------------------------------------------------------------------------------------------
+
+
+def reshape_segments(src: tuple[int, ...], dst: tuple[int, ...]):
+    """Pair runs of axes with equal products: [(src_axes, dst_axes), ...], or None."""
+    segments, i, j = [], 0, 0
+    while i < len(src) or j < len(dst):
+        start_i, start_j, p, q = i, j, 1, 1
+        if i < len(src):
+            p, i = src[i], i + 1
+        if j < len(dst):
+            q, j = dst[j], j + 1
+        while p != q:
+            if p < q and i < len(src):
+                p, i = p * src[i], i + 1
+            elif q < p and j < len(dst):
+                q, j = q * dst[j], j + 1
+            else:
+                return None
+        segments.append((list(range(start_i, i)), list(range(start_j, j))))
+    return segments
+
+
+def link_reshape(ctx: RuleContext, x: str, y: str, inner_split: bool = False) -> list[int]:
+    """Link x's axes to y's through a reshape; return the output axes that carry channels.
+
+    Merge [C, H, W] -> [C*H*W]: channel c is the block [c*HW, (c+1)*HW) (the leading non-unit
+    axis; the others are merged behind it and blocked). Split [H*D] -> [H, D]: index i belongs
+    to outer index i // D (heads), or with `inner_split` to i % D (channel shuffle, where the
+    split is followed by a transpose of the two parts).
+    """
+    src, dst = ctx.shape(x), ctx.shape(y)
+    if src is None or dst is None:
+        return []
+    segments = reshape_segments(src, dst)
+    if segments is None:
+        return []
+    carried = []
+    for src_axes, dst_axes in segments:
+        big_src = [a for a in src_axes if src[a] > 1]
+        big_dst = [a for a in dst_axes if dst[a] > 1]
+        if not big_src or not big_dst:
+            continue
+        lead, rest = big_src[0], big_src[1:]
+        if len(big_src) >= 1 and len(big_dst) == 1:
+            width = prod(src[a] for a in rest)
+            ctx.link(Space(x, lead), Space(y, big_dst[0]), block_map(src[lead], width))
+            carried.append(big_dst[0])
+            for a in rest:
+                ctx.block(Space(x, a), "Reshape merges this axis behind another")
+        elif len(big_src) == 1 and len(big_dst) == 2 and inner_split:
+            inner = dst[big_dst[1]]
+            i = np.arange(src[lead])
+            ctx.link(Space(x, lead), Space(y, big_dst[1]), (i, i % inner))
+            carried.append(big_dst[1])
+        elif len(big_src) == 1:
+            inner = prod(dst[a] for a in big_dst[1:])
+            i = np.arange(src[lead])
+            ctx.link(Space(x, lead), Space(y, big_dst[0]), (i, i // inner))
+            carried.append(big_dst[0])
+        else:
+            for a in big_src:
+                ctx.block(Space(x, a), "Reshape regroups this axis with others")
+    return carried
+
+
+def _is_shuffle_split(ctx: RuleContext) -> bool:
+    """The split is followed by a Transpose that swaps its two parts (channel shuffle)."""
+    y = ctx.output(0)
+    users = ctx.index.consumers.get(y, [])
+    if len(users) != 1 or ctx.index.node(users[0]).op_type != "Transpose":
+        return False
+    perm = attribute(ctx.index.node(users[0]), "perm") or []
+    swapped = [a for a, p in enumerate(perm) if a != p]
+    return len(swapped) == 2 and swapped[1] == swapped[0] + 1
+
+
+def reshape(ctx: RuleContext) -> None:
+    """Reshape: see `link_reshape`; target entries of carried axes are rewritten (0 and -1 stay,
+    since they follow the input)."""
+    x, shape_name, y = ctx.input(0), ctx.input(1), ctx.output(0)
+    carried = link_reshape(ctx, x, y, inner_split=_is_shuffle_split(ctx))
+    target = ctx.const(shape_name)
+    for axis in carried:
+        if target is None:
+            ctx.block(Space(y, axis), "Reshape shape comes from a non-constant subgraph")
+        elif target[axis] > 0:
+            ctx.fix(ShapeEntryFix(ctx.position, 1, axis, Space(y, axis)))
+        elif target[axis] == 0 and ctx.size(x, axis) != ctx.size(y, axis):
+            ctx.block(Space(y, axis), "Reshape copies (0) a dimension that changes meaning")
+
+
+def flatten(ctx: RuleContext) -> None:
+    link_reshape(ctx, ctx.input(0), ctx.output(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------------------------
+
+UNARY_OPS = [
+    "Abs",
+    "Acos",
+    "Acosh",
+    "Asin",
+    "Asinh",
+    "Atan",
+    "Atanh",
+    "Cast",
+    "CastLike",
+    "Ceil",
+    "Celu",
+    "Clip",
+    "Cos",
+    "Cosh",
+    "Dropout",
+    "Elu",
+    "Erf",
+    "Exp",
+    "Floor",
+    "Gelu",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "IsInf",
+    "IsNaN",
+    "LeakyRelu",
+    "Log",
+    "Mish",
+    "Neg",
+    "Not",
+    "Reciprocal",
+    "Relu",
+    "Round",
+    "Selu",
+    "Shrink",
+    "Sigmoid",
+    "Sign",
+    "Sin",
+    "Sinh",
+    "Softplus",
+    "Softsign",
+    "Sqrt",
+    "Swish",
+    "Tan",
+    "Tanh",
+    "ThresholdedRelu",
+]
+BROADCAST_OPS = [
+    "Add",
+    "And",
+    "BitShift",
+    "Div",
+    "Equal",
+    "Greater",
+    "GreaterOrEqual",
+    "Less",
+    "LessOrEqual",
+    "Max",
+    "Mean",
+    "Min",
+    "Mod",
+    "Mul",
+    "Or",
+    "Pow",
+    "PRelu",
+    "Sub",
+    "Sum",
+    "Where",
+    "Xor",
+]
+POOL_OPS = [
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalLpPool",
+    "GlobalMaxPool",
+    "LpPool",
+    "MaxPool",
+]
+REDUCE_OPS = [
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSum",
+    "ReduceSumSquare",
+]
+
+RULES: dict[str, Rule] = {
+    "Conv": conv,
+    "ConvTranspose": conv_transpose,
+    "Gemm": gemm,
+    "MatMul": matmul,
+    "BatchNormalization": batch_norm,
+    "InstanceNormalization": instance_norm,
+    "GroupNormalization": group_norm,
+    "LayerNormalization": layer_norm,
+    "Softmax": softmax,
+    "LogSoftmax": softmax,
+    "Hardmax": softmax,
+    "Concat": concat,
+    "Split": split,
+    "Slice": slice_,
+    "Pad": pad,
+    "Resize": resize,
+    "Upsample": resize,
+    "Transpose": transpose,
+    "Squeeze": squeeze_unsqueeze,
+    "Unsqueeze": squeeze_unsqueeze,
+    "Expand": expand,
+    "Reshape": reshape,
+    "Flatten": flatten,
+    "Shape": shape_reader,
+    "Size": shape_reader,
+    **{op: unary for op in UNARY_OPS},
+    **{op: broadcast for op in BROADCAST_OPS},
+    **{op: pool for op in POOL_OPS},
+    **{op: reduce for op in REDUCE_OPS},
+}
+
+
+def rule_for(node: onnx.NodeProto) -> Rule | None:
+    """The rule of a default-domain op; other domains have none (they are barriers)."""
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    return RULES.get(node.op_type)

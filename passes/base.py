@@ -1,0 +1,73 @@
+"""The importance-pass interface.
+
+A pass receives one group and a `ScoreContext` (the model's constants, and calibration
+statistics for passes that declare they need data) and returns one score per unit of the
+group: higher means more important, the lowest go first. New criteria subclass
+`ImportancePass`, register with `@register`, and the core never changes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from graphprune.depgraph import Group
+from graphprune.ops import Role, Space
+
+
+@dataclass
+class ScoreContext:
+    constants: Mapping[str, np.ndarray]
+    stats: object | None = None  # calibration statistics, for passes with needs_data
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+
+
+class ImportancePass(ABC):
+    name: ClassVar[str]
+    needs_data: ClassVar[bool] = False
+
+    @abstractmethod
+    def score(self, group: Group, context: ScoreContext) -> np.ndarray:
+        """One float per unit of `group` (length `group.n_units`)."""
+
+
+IMPORTANCE: dict[str, type[ImportancePass]] = {}
+
+
+def register(cls: type[ImportancePass]) -> type[ImportancePass]:
+    IMPORTANCE[cls.name] = cls
+    return cls
+
+
+def importance(name: str) -> ImportancePass:
+    """The registered pass called `name`."""
+    if name not in IMPORTANCE:
+        raise KeyError(f"unknown criterion '{name}' (known: {', '.join(sorted(IMPORTANCE))})")
+    return IMPORTANCE[name]()
+
+
+SCORED_ROLES = (Role.OUT, Role.IN)
+
+
+def unit_sums(
+    group: Group, constants: Mapping[str, np.ndarray], per_index: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Sum, over every scored constant slice of the group, `per_index(slice values)` into the
+    unit that owns the slice. `per_index` maps an array with the channel axis first to one
+    value per channel."""
+    totals = np.zeros(group.n_units)
+    for space, role in group.roles.items():
+        if role in SCORED_ROLES:
+            values = per_index(_channel_first(constants[space.tensor], space))
+            totals += np.bincount(group.labels[space], weights=values, minlength=group.n_units)
+    return totals
+
+
+def _channel_first(array: np.ndarray, space: Space) -> np.ndarray:
+    moved = np.moveaxis(np.asarray(array, dtype=np.float64), space.axis, 0)
+    return moved.reshape(moved.shape[0], -1)

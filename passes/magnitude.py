@@ -1,0 +1,34 @@
+"""Group magnitude importance (L1, L2).
+
+A unit's score is the magnitude of everything its removal deletes, summed over every scored
+slice of the group (the producing rows, biases and norm affine parameters, and the reading
+columns of the next layers):
+
+    L1(u) = sum_{slices s} sum_{i in s(u)} |w_i|        L2(u) = sum_{slices s} sum_{i in s(u)} w_i^2
+
+This is the group criterion of DepGraph / Torch-Pruning (Fang et al., CVPR 2023) with sum
+reduction; BatchNorm running statistics are followed but not scored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from graphprune.passes.base import ImportancePass, ScoreContext, register, unit_sums
+
+from graphprune.depgraph import Group
+
+
+@register
+class L1Importance(ImportancePass):
+    name = "l1"
+
+    def score(self, group: Group, context: ScoreContext) -> np.ndarray:
+        return unit_sums(group, context.constants, lambda w: np.abs(w).sum(axis=1))
+
+
+@register
+class L2Importance(ImportancePass):
+    name = "l2"
+
+    def score(self, group: Group, context: ScoreContext) -> np.ndarray:
+        return unit_sums(group, context.constants, lambda w: np.square(w).sum(axis=1))

@@ -1,0 +1,269 @@
+"""The command line: exit codes, one-line errors, plans, JSON, and that inputs are never touched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from graphprune.cli import main
+from graphprune.verify import compare, random_inputs, run
+from tests.graphs import model, node, weight
+
+X = {"x": (1, 3, 8, 8)}
+
+
+def small_cnn() -> onnx.ModelProto:
+    consts = {
+        "c1.w": weight(8, 3, 3, 3),
+        "c1.b": weight(8),
+        "c2.w": weight(8, 8, 3, 3),
+        "c2.b": weight(8),
+        "fc.w": weight(8, 5),
+    }
+    nodes = [
+        node("Conv", ["x", "c1.w", "c1.b"], ["c1"], pads=[1, 1, 1, 1]),
+        node("Relu", ["c1"], ["r1"]),
+        node("Conv", ["r1", "c2.w", "c2.b"], ["c2"], pads=[1, 1, 1, 1]),
+        node("Relu", ["c2"], ["r2"]),
+        node("GlobalAveragePool", ["r2"], ["p"]),
+        node("Flatten", ["p"], ["f"]),
+        node("MatMul", ["f", "fc.w"], ["y"]),
+    ]
+    return model(nodes, X, ["y"], consts)
+
+
+@pytest.fixture
+def cnn_path(tmp_path):
+    path = tmp_path / "cnn.onnx"
+    onnx.save(small_cnn(), path)
+    return path
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+def test_prune_writes_a_smaller_verified_model_and_leaves_the_input_alone(
+    cnn_path, tmp_path, capsys
+):
+    before = digest(cnn_path)
+    out = tmp_path / "out.onnx"
+    assert main(["prune", str(cnn_path), str(out), "--ratio", "0.5"]) == 0
+    text = capsys.readouterr().out
+    assert "PASSED  zero-then-prune oracle on cpu" in text
+    assert "SKIPPED" in text or "PASSED  zero-then-prune oracle on cuda" in text
+    assert digest(cnn_path) == before
+    pruned = onnx.load(out)
+    onnx.checker.check_model(pruned, full_check=True)
+    widths = {t.name: tuple(t.dims) for t in pruned.graph.initializer}
+    assert widths["c1.w"] == (4, 3, 3, 3) and widths["c2.w"] == (4, 4, 3, 3)
+    assert widths["fc.w"] == (4, 5)
+    assert [i.name for i in pruned.graph.input] == ["x"]
+    assert [o.name for o in pruned.graph.output] == ["y"]
+    assert not list(tmp_path.glob(".graphprune-*"))  # no temporary left behind
+
+
+def test_ratio_zero_reproduces_the_original_outputs(cnn_path, tmp_path):
+    out = tmp_path / "same.onnx"
+    assert main(["prune", str(cnn_path), str(out), "--ratio", "0", "--no-verify"]) == 0
+    original, same = onnx.load(cnn_path), onnx.load(out)
+    inputs = random_inputs(original, seed=3)
+    checks = compare(run(original, inputs), run(same, inputs), rtol=0, atol=0)
+    assert all(c.passed for c in checks)
+
+
+def test_json_prints_one_document(cnn_path, tmp_path, capsys):
+    assert main(["prune", str(cnn_path), str(tmp_path / "o.onnx"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["written"]
+    assert report["after"]["params"] < report["before"]["params"]
+    assert report["after"]["macs"] < report["before"]["macs"]
+    assert {g["group"] for g in report["plan"]["groups"]} == {"c1.w:0", "c2.w:0"}
+
+
+def test_plan_replay_gives_the_same_model(cnn_path, tmp_path):
+    plan, first, second = tmp_path / "plan.json", tmp_path / "a.onnx", tmp_path / "b.onnx"
+    assert (
+        main(
+            [
+                "prune",
+                str(cnn_path),
+                str(first),
+                "--ratio",
+                "0.25",
+                "--criterion",
+                "l1",
+                "--plan-out",
+                str(plan),
+            ]
+        )
+        == 0
+    )
+    saved = json.loads(plan.read_text())
+    assert saved["criterion"] == "l1" and all(len(g["removed"]) == 2 for g in saved["groups"])
+    # replay ignores --ratio and --criterion: the plan decides
+    assert (
+        main(
+            [
+                "prune",
+                str(cnn_path),
+                str(second),
+                "--plan",
+                str(plan),
+                "--ratio",
+                "0.9",
+                "--criterion",
+                "random",
+            ]
+        )
+        == 0
+    )
+    a, b = onnx.load(first), onnx.load(second)
+    for ta, tb in zip(a.graph.initializer, b.graph.initializer, strict=True):
+        np.testing.assert_array_equal(numpy_helper.to_array(ta), numpy_helper.to_array(tb))
+
+
+def test_plan_for_another_model_is_refused(cnn_path, tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    assert main(["prune", str(cnn_path), str(tmp_path / "a.onnx"), "--plan-out", str(plan)]) == 0
+    data = json.loads(plan.read_text())
+    data["model"] = "0" * 16
+    plan.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(["prune", str(cnn_path), str(tmp_path / "b.onnx"), "--plan", str(plan)]) == 2
+    assert "another graph" in one_error_line(capsys)
+
+
+def test_inspect_lists_groups_share_and_barriers(cnn_path, capsys):
+    assert main(["inspect", str(cnn_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    prunable = {g["id"] for g in report["groups"] if g["prunable"]}
+    assert prunable == {"c1.w:0", "c2.w:0"}
+    assert 0.5 < report["prunable_params_share"] <= 1.0
+    assert main(["inspect", str(cnn_path)]) == 0
+    assert "prunable" in capsys.readouterr().out
+
+
+def write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "not_onnx",
+        "truncated",
+        "missing",
+        "opset",
+        "same_path",
+        "external_missing",
+        "external_outside",
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(case, cnn_path, tmp_path, capsys):
+    target = tmp_path / "out.onnx"
+    if case == "not_onnx":
+        source = write(tmp_path / "x.onnx", b"this is not a protobuf at all \xff\xfe")
+    elif case == "truncated":
+        source = write(tmp_path / "t.onnx", cnn_path.read_bytes()[:200])
+    elif case == "missing":
+        source = tmp_path / "nope.onnx"
+    elif case == "opset":
+        old = small_cnn()
+        old.opset_import[0].version = 9
+        source = tmp_path / "old.onnx"
+        onnx.save(old, source)
+    elif case == "same_path":
+        source = target = cnn_path
+    else:
+        external = small_cnn()
+        source = tmp_path / "ext" / "m.onnx"
+        source.parent.mkdir()
+        onnx.save(external, source, save_as_external_data=True, location="m.data", size_threshold=0)
+        if case == "external_missing":
+            (source.parent / "m.data").unlink()
+        else:
+            loaded = onnx.load(source, load_external_data=False)
+            for tensor in loaded.graph.initializer:
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = "../../etc/passwd"
+            onnx.save(loaded, source)
+    before = digest(source) if source.exists() else None
+    assert main(["prune", str(source), str(target)]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("graphprune: error: ")
+    expected = {
+        "not_onnx": "not a valid ONNX model",
+        "truncated": "not a valid ONNX model",
+        "missing": "no such model file",
+        "opset": "opset 9 is not supported",
+        "same_path": "never overwrites its input",
+        "external_missing": "external data file missing",
+        "external_outside": "outside the model's folder",
+    }[case]
+    assert expected in line
+    if before is not None:
+        assert digest(source) == before
+
+
+def test_external_data_model_prunes(tmp_path, capsys):
+    source = tmp_path / "m.onnx"
+    onnx.save(
+        small_cnn(), source, save_as_external_data=True, location="m.onnx.data", size_threshold=0
+    )
+    assert main(["prune", str(source), str(tmp_path / "p.onnx")]) == 0
+    assert "PASSED" in capsys.readouterr().out
+
+
+def test_weights_as_constant_nodes_prune_like_initializers(tmp_path, capsys):
+    """paddle2onnx style: every weight is a Constant node."""
+    made = small_cnn()
+    constants = [
+        onnx.helper.make_node("Constant", [], [t.name], value=t) for t in made.graph.initializer
+    ]
+    nodes = constants + list(made.graph.node)
+    del made.graph.initializer[:]
+    del made.graph.node[:]
+    made.graph.node.extend(nodes)
+    source = tmp_path / "const.onnx"
+    onnx.save(made, source)
+    out = tmp_path / "p.onnx"
+    assert main(["prune", str(source), str(out)]) == 0
+    pruned = onnx.load(out)
+    conv = next(n for n in pruned.graph.node if n.op_type == "Constant" and n.output[0] == "c1.w")
+    assert tuple(conv.attribute[0].t.dims) == (4, 3, 3, 3)
+
+
+def test_bad_usage_exits_2(cnn_path, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["prune", str(cnn_path), str(tmp_path / "o.onnx"), "--ratio", "1.5"])
+    assert stop.value.code == 2
+    assert "ratio must be in [0, 1)" in one_error_line(capsys)
+    assert main(["prune", str(cnn_path), str(tmp_path / "o.onnx"), "--criterion", "nope"]) == 2
+    assert "unknown criterion" in one_error_line(capsys)
+
+
+def test_console_script_runs(cnn_path, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "graphprune.cli", "inspect", str(cnn_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0 and "groups" in done.stdout

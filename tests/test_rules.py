@@ -1,0 +1,644 @@
+"""One small handcrafted graph per op rule: exact group membership, then the oracle.
+
+Every test names the spaces it expects in a group, so a rule that links too much or too little
+fails here before it fails on a zoo model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from graphprune.ops import Role, Space
+from tests.graphs import (
+    analyze,
+    group_with,
+    initializer,
+    ints,
+    members,
+    model,
+    node,
+    positive,
+    prune_every_group,
+    weight,
+)
+
+X = {"x": (1, 3, 8, 8)}
+
+
+def conv_block(x: str, name: str, c_in: int, c_out: int, k: int = 1, **attrs):
+    """Conv with weight `{name}.w` and bias `{name}.b`, output `name`."""
+    pads = [k // 2] * 4
+    constants = {
+        f"{name}.w": weight(c_out, c_in // attrs.get("group", 1), k, k),
+        f"{name}.b": weight(c_out),
+    }
+    n = node("Conv", [x, f"{name}.w", f"{name}.b"], [name], pads=pads, **attrs)
+    return [n], constants
+
+
+def chain(*blocks):
+    nodes, constants = [], {}
+    for block_nodes, block_constants in blocks:
+        nodes += block_nodes
+        constants |= block_constants
+    return nodes, constants
+
+
+def test_conv_relu_conv_group_is_exactly_producer_activation_and_reader():
+    nodes, consts = chain(
+        conv_block("x", "c1", 3, 6, 3),
+        ([node("Relu", ["c1"], ["r"])], {}),
+        conv_block("r", "c2", 6, 4),
+    )
+    made = model(nodes, X, ["c2"], consts)
+    _work, dep = analyze(made)
+    group = group_with(dep, "c1.w", 0)
+    assert members(group) == {("c1.w", 0), ("c1.b", 0), ("c1", 1), ("r", 1), ("c2.w", 1)}
+    assert group.roles == {
+        Space("c1.w", 0): Role.OUT,
+        Space("c1.b", 0): Role.OUT,
+        Space("c2.w", 1): Role.IN,
+    }
+    assert group.n_units == 6 and group.prunable
+    assert not group_with(dep, "c2.w", 0).prunable  # reaches the graph output
+    assert not group_with(dep, "c1.w", 1).prunable  # reads the graph input
+    pruned, _, _ = prune_every_group(made)
+    assert initializer(pruned, "c2.w").shape == (4, 3, 1, 1)
+
+
+def test_depthwise_conv_couples_input_and_output_and_rewrites_group():
+    nodes, consts = chain(
+        conv_block("x", "c1", 3, 8),
+        conv_block("c1", "dw", 8, 8, 3, group=8),
+        conv_block("dw", "c2", 8, 4),
+    )
+    made = model(nodes, X, ["c2"], consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "c1.w", 0)
+    assert members(group) == {
+        ("c1.w", 0),
+        ("c1.b", 0),
+        ("c1", 1),
+        ("dw.w", 0),
+        ("dw.b", 0),
+        ("dw", 1),
+        ("c2.w", 1),
+    }
+    pruned, _, _ = prune_every_group(made)
+    dw = next(n for n in pruned.graph.node if n.name == "dw")
+    assert next(a.i for a in dw.attribute if a.name == "group") == 4
+
+
+def test_depthwise_multiplier_keeps_blocks_of_outputs_per_input():
+    nodes, consts = chain(
+        conv_block("x", "c1", 3, 4),
+        conv_block("c1", "dw", 4, 8, 3, group=4),
+        conv_block("dw", "c2", 8, 4),
+    )
+    made = model(nodes, X, ["c2"], consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "c1.w", 0)
+    assert group.n_units == 4
+    np.testing.assert_array_equal(group.labels[Space("dw", 1)], [0, 0, 1, 1, 2, 2, 3, 3])
+    prune_every_group(made)
+
+
+def test_grouped_conv_couples_local_indices_across_groups():
+    nodes, consts = chain(
+        conv_block("x", "c1", 3, 8),
+        conv_block("c1", "g", 8, 8, 3, group=2),
+        conv_block("g", "c2", 8, 4),
+    )
+    made = model(nodes, X, ["c2"], consts)
+    _, dep = analyze(made)
+    into = group_with(dep, "c1.w", 0)
+    # 4 channels per group: channel i and i + 4 are the same local index
+    np.testing.assert_array_equal(into.labels[Space("c1", 1)], [0, 1, 2, 3, 0, 1, 2, 3])
+    out = group_with(dep, "g.w", 0)
+    assert out.n_units == 4 and members(out) >= {("g.w", 0), ("g", 1), ("c2.w", 1)}
+    pruned, _, _ = prune_every_group(made)
+    assert initializer(pruned, "g.w").shape == (4, 2, 3, 3)
+
+
+def test_conv_transpose_reads_axis_0_and_produces_axis_1():
+    consts = {
+        "c1.w": weight(6, 3, 1, 1),
+        "ct.w": weight(6, 5, 2, 2),
+        "ct.b": weight(5),
+        "c2.w": weight(4, 5, 1, 1),
+    }
+    nodes = [
+        node("Conv", ["x", "c1.w"], ["c1"]),
+        node("ConvTranspose", ["c1", "ct.w", "ct.b"], ["ct"], strides=[2, 2]),
+        node("Conv", ["ct", "c2.w"], ["c2"]),
+    ]
+    made = model(nodes, X, ["c2"], consts)
+    _, dep = analyze(made)
+    assert members(group_with(dep, "c1.w", 0)) == {("c1.w", 0), ("c1", 1), ("ct.w", 0)}
+    assert members(group_with(dep, "ct.w", 1)) == {("ct.w", 1), ("ct.b", 0), ("ct", 1), ("c2.w", 1)}
+    prune_every_group(made)
+
+
+def test_gemm_and_flatten_after_global_pool():
+    consts = {
+        "c.w": weight(6, 3, 3, 3),
+        "g1.w": weight(10, 6),
+        "g1.b": weight(10),
+        "g2.w": weight(10, 4),
+        "g2.b": weight(4),
+    }
+    nodes = [
+        node("Conv", ["x", "c.w"], ["c"]),
+        node("GlobalAveragePool", ["c"], ["p"]),
+        node("Flatten", ["p"], ["f"]),
+        node("Gemm", ["f", "g1.w", "g1.b"], ["g1"], transB=1),
+        node("Relu", ["g1"], ["r"]),
+        node("Gemm", ["r", "g2.w", "g2.b"], ["g2"]),
+    ]
+    made = model(nodes, X, ["g2"], consts)
+    _, dep = analyze(made)
+    assert members(group_with(dep, "c.w", 0)) == {
+        ("c.w", 0),
+        ("c", 1),
+        ("p", 1),
+        ("f", 1),
+        ("g1.w", 1),
+    }
+    assert members(group_with(dep, "g1.w", 0)) == {
+        ("g1.w", 0),
+        ("g1.b", 0),
+        ("g1", 1),
+        ("r", 1),
+        ("g2.w", 0),
+    }
+    prune_every_group(made)
+
+
+def test_flatten_of_spatial_map_gives_each_channel_a_block_of_features():
+    consts = {"c.w": weight(4, 3, 3, 3), "g.w": weight(4 * 4, 5)}
+    nodes = [
+        node("Conv", ["x", "c.w"], ["c"], strides=[4, 4], pads=[1, 1, 1, 1]),
+        node("Flatten", ["c"], ["f"]),
+        node("MatMul", ["f", "g.w"], ["y"]),
+    ]
+    made = model(nodes, X, ["y"], consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "c.w", 0)
+    np.testing.assert_array_equal(group.labels[Space("g.w", 0)], np.repeat(np.arange(4), 4))
+    pruned, _, _ = prune_every_group(made)
+    assert initializer(pruned, "g.w").shape == (8, 5)
+
+
+def test_matmul_with_constant_weight_and_bias_add():
+    seq = {"x": (2, 5, 8)}
+    consts = {"w1": weight(8, 12), "b1": weight(12), "w2": weight(12, 8)}
+    nodes = [
+        node("MatMul", ["x", "w1"], ["m1"]),
+        node("Add", ["m1", "b1"], ["a1"]),
+        node("Relu", ["a1"], ["r"]),
+        node("MatMul", ["r", "w2"], ["y"]),
+    ]
+    made = model(nodes, seq, ["y"], consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "w1", 1)
+    assert members(group) == {("w1", 1), ("m1", 2), ("b1", 0), ("a1", 2), ("r", 2), ("w2", 0)}
+    assert group.roles[Space("w2", 0)] == Role.IN
+    prune_every_group(made)
+
+
+def test_batch_norm_parameters_follow_the_channel_and_statistics_are_not_scored():
+    consts = {
+        "c.w": weight(6, 3, 1, 1),
+        "s": positive(6),
+        "b": weight(6),
+        "m": weight(6),
+        "v": positive(6),
+        "c2.w": weight(2, 6, 1, 1),
+    }
+    nodes = [
+        node("Conv", ["x", "c.w"], ["c"]),
+        node("BatchNormalization", ["c", "s", "b", "m", "v"], ["bn"]),
+        node("Relu", ["bn"], ["r"]),
+        node("Conv", ["r", "c2.w"], ["y"]),
+    ]
+    made = model(nodes, X, ["y"], consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "c.w", 0)
+    assert {s.tensor: r for s, r in group.roles.items()} == {
+        "c.w": Role.OUT,
+        "s": Role.OUT,
+        "b": Role.OUT,
+        "m": Role.STAT,
+        "v": Role.STAT,
+        "c2.w": Role.IN,
+    }
+    prune_every_group(made)
+
+
+def test_instance_norm_is_per_channel():
+    consts = {
+        "c.w": weight(6, 3, 1, 1),
+        "s": positive(6),
+        "b": weight(6),
+        "c2.w": weight(2, 6, 1, 1),
+    }
+    nodes = [
+        node("Conv", ["x", "c.w"], ["c"]),
+        node("InstanceNormalization", ["c", "s", "b"], ["n"]),
+        node("Conv", ["n", "c2.w"], ["y"]),
+    ]
+    made = model(nodes, X, ["y"], consts)
+    _, dep = analyze(made)
+    assert ("s", 0) in members(group_with(dep, "c.w", 0))
+    prune_every_group(made)
+
+
+def test_group_norm_removes_whole_groups_and_rewrites_num_groups():
+    groups = 4
+    consts = {
+        "c.w": weight(8, 3, 1, 1),
+        "s": positive(8),
+        "b": weight(8),
+        "c2.w": weight(2, 8, 1, 1),
+    }
+    nodes = [
+        node("Conv", ["x", "c.w"], ["c"]),
+        node("GroupNormalization", ["c", "s", "b"], ["n"], num_groups=groups),
+        node("Conv", ["n", "c2.w"], ["y"]),
+    ]
+    made = model(nodes, X, {"y": (1, 2, 8, 8)}, consts, opset=21)
+    _, dep = analyze(made)
+    group = group_with(dep, "c.w", 0)
+    assert group.n_units == groups
+    np.testing.assert_array_equal(group.labels[Space("c", 1)], [0, 0, 1, 1, 2, 2, 3, 3])
+    pruned, _, _ = prune_every_group(made)
+    norm = next(n for n in pruned.graph.node if n.op_type == "GroupNormalization")
+    assert next(a.i for a in norm.attribute if a.name == "num_groups") == 2
+
+
+UNARY = [
+    ("Relu", {}),
+    ("LeakyRelu", {"alpha": 0.1}),
+    ("Sigmoid", {}),
+    ("HardSigmoid", {}),
+    ("HardSwish", {}),
+    ("Tanh", {}),
+    ("Erf", {}),
+    ("Identity", {}),
+    ("Dropout", {}),
+    ("Elu", {}),
+    ("Softplus", {}),
+    ("Abs", {}),
+]
+
+
+@pytest.mark.parametrize(("op", "attrs"), UNARY, ids=[u[0] for u in UNARY])
+def test_unary_elementwise_passes_channels_through(op, attrs):
+    nodes, consts = chain(
+        conv_block("x", "c1", 3, 6),
+        ([node(op, ["c1"], ["u"], **attrs)], {}),
+        conv_block("u", "c2", 6, 4),
+    )
+    made = model(nodes, X, ["c2"], consts)
+    _, dep = analyze(made)
+    assert ("u", 1) in members(group_with(dep, "c1.w", 0))
+    prune_every_group(made)
+
+
+def test_clip_and_cast_pass_channels_through():
+    consts = {"lo": np.array(0, np.float32), "hi": np.array(6, np.float32)}
+    nodes, more = chain(conv_block("x", "c1", 3, 6), conv_block("k", "c2", 6, 4))
+    nodes.insert(1, node("Clip", ["c1", "lo", "hi"], ["clip"]))
+    nodes.insert(2, node("Cast", ["clip"], ["k"], to=1))
+    made = model(nodes, X, ["c2"], consts | more)
+    _, dep = analyze(made)
+    assert {("clip", 1), ("k", 1)} <= members(group_with(dep, "c1.w", 0))
+    prune_every_group(made)
+
+
+def test_prelu_slope_per_channel_is_a_parameter_of_the_channel():
+    nodes, consts = chain(conv_block("x", "c1", 3, 6), conv_block("p", "c2", 6, 4))
+    nodes.insert(1, node("PRelu", ["c1", "slope"], ["p"]))
+    made = model(nodes, X, ["c2"], consts | {"slope": weight(6, 1, 1)})
+    _, dep = analyze(made)
+    group = group_with(dep, "c1.w", 0)
+    assert group.roles[Space("slope", 0)] == Role.OUT
+    prune_every_group(made)
+
+
+def test_residual_add_couples_both_branches():
+    nodes, consts = chain(
+        conv_block("x", "a", 3, 6),
+        conv_block("x", "b", 3, 6),
+        ([node("Add", ["a", "b"], ["s"])], {}),
+        conv_block("s", "c", 6, 4),
+    )
+    made = model(nodes, X, ["c"], consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "a.w", 0)
+    assert members(group) == {
+        ("a.w", 0),
+        ("a.b", 0),
+        ("a", 1),
+        ("b.w", 0),
+        ("b.b", 0),
+        ("b", 1),
+        ("s", 1),
+        ("c.w", 1),
+    }
+    prune_every_group(made)
+
+
+def test_per_channel_scale_and_bias_constants_broadcast():
+    nodes, consts = chain(conv_block("x", "c1", 3, 6), conv_block("a", "c2", 6, 4))
+    nodes[1:1] = [node("Mul", ["c1", "scale"], ["m"]), node("Add", ["m", "shift"], ["a"])]
+    made = model(nodes, X, ["c2"], consts | {"scale": weight(6, 1, 1), "shift": weight(1, 6, 1, 1)})
+    _, dep = analyze(made)
+    assert {("scale", 0), ("shift", 1)} <= members(group_with(dep, "c1.w", 0))
+    prune_every_group(made)
+
+
+def test_squeeze_excitation_gate_joins_the_gated_channels():
+    nodes, consts = chain(
+        conv_block("x", "c1", 3, 8),
+        conv_block("gap", "se1", 8, 2),
+        conv_block("se_r", "se2", 2, 8),
+        conv_block("gated", "c2", 8, 4),
+    )
+    nodes[1:1] = [node("GlobalAveragePool", ["c1"], ["gap"])]
+    nodes.insert(3, node("Relu", ["se1"], ["se_r"]))
+    nodes[5:5] = [node("Sigmoid", ["se2"], ["gate"]), node("Mul", ["c1", "gate"], ["gated"])]
+    made = model(nodes, X, ["c2"], consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "c1.w", 0)
+    assert {("se1.w", 1), ("se2.w", 0), ("gate", 1), ("gated", 1), ("c2.w", 1)} <= members(group)
+    assert members(group_with(dep, "se1.w", 0)) == {
+        ("se1.w", 0),
+        ("se1.b", 0),
+        ("se1", 1),
+        ("se_r", 1),
+        ("se2.w", 1),
+    }
+    prune_every_group(made)
+
+
+def test_silu_and_erf_gelu_decompositions_are_elementwise():
+    consts = {
+        "sqrt2": np.array(1.4142135, np.float32),
+        "one": np.array(1.0, np.float32),
+        "half": np.array(0.5, np.float32),
+    }
+    nodes, more = chain(conv_block("x", "c1", 3, 6), conv_block("gelu", "c2", 6, 4))
+    nodes[1:1] = [
+        node("Sigmoid", ["c1"], ["sig"]),
+        node("Mul", ["c1", "sig"], ["silu"]),
+        node("Div", ["silu", "sqrt2"], ["d"]),
+        node("Erf", ["d"], ["e"]),
+        node("Add", ["e", "one"], ["e1"]),
+        node("Mul", ["silu", "e1"], ["g0"]),
+        node("Mul", ["g0", "half"], ["gelu"]),
+    ]
+    made = model(nodes, X, ["c2"], consts | more)
+    _, dep = analyze(made)
+    assert {("silu", 1), ("e", 1), ("gelu", 1)} <= members(group_with(dep, "c1.w", 0))
+    prune_every_group(made)
+
+
+def test_concat_maps_each_input_to_its_offset():
+    nodes, consts = chain(
+        conv_block("x", "a", 3, 4),
+        conv_block("x", "b", 3, 6),
+        ([node("Concat", ["a", "b"], ["cat"], axis=1)], {}),
+        conv_block("cat", "c", 10, 4),
+    )
+    made = model(nodes, X, ["c"], consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "a.w", 0)
+    assert group is group_with(dep, "b.w", 0) and group.n_units == 10
+    np.testing.assert_array_equal(group.labels[Space("cat", 1)][:4], group.labels[Space("a", 1)])
+    np.testing.assert_array_equal(group.labels[Space("cat", 1)][4:], group.labels[Space("b", 1)])
+    prune_every_group(made)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_split_on_channels_rewrites_split_sizes(opset):
+    nodes, consts = chain(
+        conv_block("x", "c1", 3, 8), conv_block("s0", "a", 3, 2), conv_block("s1", "b", 5, 2)
+    )
+    if opset >= 13:
+        split = node("Split", ["c1", "sizes"], ["s0", "s1"], axis=1)
+        consts["sizes"] = ints(3, 5)
+    else:
+        split = node("Split", ["c1"], ["s0", "s1"], axis=1, split=[3, 5])
+    nodes.insert(1, split)
+    made = model(nodes, X, ["a", "b"], consts, opset=opset)
+    _, dep = analyze(made)
+    group = group_with(dep, "c1.w", 0)
+    assert {("s0", 1), ("s1", 1), ("a.w", 1), ("b.w", 1)} <= members(group)
+    prune_every_group(made)
+
+
+def test_slice_on_channels_shifts_bounds():
+    nodes, consts = chain(conv_block("x", "c1", 3, 8), conv_block("sl", "c2", 4, 2))
+    nodes.insert(1, node("Slice", ["c1", "st", "en", "ax"], ["sl"]))
+    made = model(nodes, X, ["c2"], consts | {"st": ints(2), "en": ints(6), "ax": ints(1)})
+    _, dep = analyze(made)
+    group = group_with(dep, "c1.w", 0)
+    np.testing.assert_array_equal(group.labels[Space("sl", 1)], group.labels[Space("c1", 1)][2:6])
+    prune_every_group(made)
+
+
+def test_pad_passes_channels_unless_it_pads_them():
+    nodes, consts = chain(conv_block("x", "c1", 3, 6), conv_block("p", "c2", 6, 4))
+    nodes.insert(1, node("Pad", ["c1", "pads"], ["p"]))
+    made = model(nodes, X, ["c2"], consts | {"pads": ints(0, 0, 1, 1, 0, 0, 1, 1)})
+    _, dep = analyze(made)
+    assert group_with(dep, "c1.w", 0).prunable
+    prune_every_group(made)
+    nodes, consts = chain(conv_block("x", "c1", 3, 6), conv_block("p", "c2", 7, 4))
+    nodes.insert(1, node("Pad", ["c1", "pads"], ["p"]))
+    made = model(nodes, X, ["c2"], consts | {"pads": ints(0, 1, 0, 0, 0, 0, 0, 0)})
+    _, dep = analyze(made)
+    blocked = group_with(dep, "c1.w", 0)
+    assert not blocked.prunable and any("Pad pads this axis" in r for r in blocked.blocked)
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool"])
+def test_pooling_passes_channels(op):
+    attrs = {"kernel_shape": [2, 2]} if not op.startswith("Global") else {}
+    nodes, consts = chain(conv_block("x", "c1", 3, 6), conv_block("p", "c2", 6, 4))
+    nodes.insert(1, node(op, ["c1"], ["p"], **attrs))
+    made = model(nodes, X, ["c2"], consts)
+    _, dep = analyze(made)
+    assert ("p", 1) in members(group_with(dep, "c1.w", 0))
+    prune_every_group(made)
+
+
+def test_resize_with_scales_passes_channels():
+    nodes, consts = chain(conv_block("x", "c1", 3, 6), conv_block("up", "c2", 6, 4))
+    nodes.insert(1, node("Resize", ["c1", "", "scales"], ["up"], mode="nearest"))
+    made = model(nodes, X, ["c2"], consts | {"scales": np.array([1, 1, 2, 2], np.float32)})
+    _, dep = analyze(made)
+    assert ("up", 1) in members(group_with(dep, "c1.w", 0))
+    prune_every_group(made)
+
+
+def test_resize_with_sizes_rewrites_the_channel_entry():
+    nodes, consts = chain(conv_block("x", "c1", 3, 6), conv_block("up", "c2", 6, 4))
+    nodes.insert(1, node("Resize", ["c1", "", "", "sizes"], ["up"], mode="nearest"))
+    made = model(nodes, X, ["c2"], consts | {"sizes": ints(1, 6, 16, 16)})
+    _, dep = analyze(made)
+    assert ("up", 1) in members(group_with(dep, "c1.w", 0))
+    prune_every_group(made)
+
+
+def test_transpose_to_channels_last_and_matmul():
+    consts = {"c.w": weight(6, 3, 1, 1), "w": weight(6, 5)}
+    nodes = [
+        node("Conv", ["x", "c.w"], ["c"]),
+        node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+        node("MatMul", ["t", "w"], ["y"]),
+    ]
+    made = model(nodes, X, ["y"], consts)
+    _, dep = analyze(made)
+    assert members(group_with(dep, "c.w", 0)) == {("c.w", 0), ("c", 1), ("t", 3), ("w", 0)}
+    prune_every_group(made)
+
+
+def test_reshape_after_global_pool_with_constant_target():
+    consts = {"c.w": weight(6, 3, 3, 3), "shape": ints(1, 6), "g.w": weight(6, 4)}
+    nodes = [
+        node("Conv", ["x", "c.w"], ["c"]),
+        node("GlobalAveragePool", ["c"], ["p"]),
+        node("Reshape", ["p", "shape"], ["f"]),
+        node("MatMul", ["f", "g.w"], ["y"]),
+    ]
+    made = model(nodes, X, ["y"], consts)
+    _, dep = analyze(made)
+    assert ("f", 1) in members(group_with(dep, "c.w", 0))
+    pruned, _, _ = prune_every_group(made)
+    targets = [n.input[1] for n in pruned.graph.node if n.op_type == "Reshape"]
+    assert initializer(pruned, targets[0]).tolist() == [1, 3]
+
+
+def test_channel_shuffle_couples_the_channels_that_become_neighbours():
+    groups, per_group = 2, 4
+    consts = {
+        "c1.w": weight(8, 3, 1, 1),
+        "c2.w": weight(4, 8, 1, 1),
+        "s5": ints(1, groups, per_group, 8, 8),
+        "s4": ints(1, 8, 8, 8),
+    }
+    nodes = [
+        node("Conv", ["x", "c1.w"], ["c1"]),
+        node("Reshape", ["c1", "s5"], ["r5"]),
+        node("Transpose", ["r5"], ["t"], perm=[0, 2, 1, 3, 4]),
+        node("Reshape", ["t", "s4"], ["shuffled"]),
+        node("Conv", ["shuffled", "c2.w"], ["y"]),
+    ]
+    made = model(nodes, X, ["y"], consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "c1.w", 0)
+    assert group.n_units == per_group
+    # input channel i and i + 4 end up side by side (2j, 2j + 1) after the shuffle
+    np.testing.assert_array_equal(group.labels[Space("c1", 1)], [0, 1, 2, 3, 0, 1, 2, 3])
+    np.testing.assert_array_equal(group.labels[Space("shuffled", 1)], [0, 0, 1, 1, 2, 2, 3, 3])
+    prune_every_group(made)
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduce_mean_over_space_passes_channels(keepdims):
+    consts = {"c.w": weight(6, 3, 1, 1), "axes": ints(2, 3), "g.w": weight(6, 4)}
+    nodes = [
+        node("Conv", ["x", "c.w"], ["c"]),
+        node("ReduceMean", ["c", "axes"], ["m"], keepdims=keepdims),
+    ]
+    if keepdims:
+        nodes.append(node("Squeeze", ["m", "axes"], ["f"]))
+    nodes.append(node("MatMul", ["f" if keepdims else "m", "g.w"], ["y"]))
+    made = model(nodes, X, ["y"], consts, opset=18)
+    _, dep = analyze(made)
+    assert ("g.w", 0) in members(group_with(dep, "c.w", 0))
+    prune_every_group(made)
+
+
+def test_unsqueeze_keeps_the_channel():
+    seq = {"x": (2, 8)}
+    consts = {"w1": weight(8, 6), "ax": ints(1), "w2": weight(6, 3)}
+    nodes = [
+        node("MatMul", ["x", "w1"], ["m"]),
+        node("Unsqueeze", ["m", "ax"], ["u"]),
+        node("MatMul", ["u", "w2"], ["y"]),
+    ]
+    made = model(nodes, seq, ["y"], consts)
+    _, dep = analyze(made)
+    assert ("u", 2) in members(group_with(dep, "w1", 1))
+    prune_every_group(made)
+
+
+def test_op_without_rule_is_a_barrier_with_its_reason():
+    nodes, consts = chain(conv_block("x", "c1", 3, 6), conv_block("h", "c2", 6, 4))
+    nodes.insert(1, node("LpNormalization", ["c1"], ["h"], axis=1))
+    made = model(nodes, X, ["c2"], consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "c1.w", 0)
+    assert not group.prunable
+    assert any("LpNormalization" in r and "no rule" in r for r in group.blocked)
+    assert dep.missing_rules == {"LpNormalization": 1}
+
+
+def test_custom_domain_op_is_a_barrier():
+    nodes, consts = chain(conv_block("x", "c1", 3, 6), conv_block("h", "c2", 6, 4))
+    custom = node("Relu", ["c1"], ["h"])
+    custom.domain = "com.example"
+    nodes.insert(1, custom)
+    made = model(nodes, X, ["c2"], consts, custom_domains=("com.example",))
+    _, dep = analyze(made)
+    group = group_with(dep, "c1.w", 0)
+    assert not group.prunable and any("com.example::Relu" in r for r in group.blocked)
+
+
+@pytest.mark.parametrize(
+    ("op", "attrs", "reason"),
+    [
+        ("LayerNormalization", {"axis": 1}, "normalizes over this axis"),
+        ("Softmax", {"axis": 1}, "normalizes over this axis"),
+        ("ReduceSum", {"keepdims": 1}, "reduces over this axis"),
+    ],
+)
+def test_ops_that_mix_channels_block_them(op, attrs, reason):
+    seq = {"x": (2, 8)}
+    consts = {"w1": weight(8, 6), "w2": weight(6, 3)}
+    inputs = ["m"]
+    if op == "LayerNormalization":
+        consts |= {"ln.s": positive(6), "ln.b": weight(6)}
+        inputs += ["ln.s", "ln.b"]
+    if op == "ReduceSum":
+        consts["axes"] = ints(1)
+        inputs.append("axes")
+    nodes = [
+        node("MatMul", ["x", "w1"], ["m"]),
+        node(op, inputs, ["h"], **attrs),
+        node("Mul", ["h", "m"], ["hm"]),
+        node("MatMul", ["hm", "w2"], ["y"]),
+    ]
+    made = model(nodes, seq, ["y"], consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "w1", 1)
+    assert not group.prunable and any(reason in r for r in group.blocked)
+
+
+def test_shared_constant_identity_is_untied_before_analysis():
+    """TorchScript deduplicates equal tensors as Identity(first); that must not couple layers."""
+    nodes, consts = chain(
+        conv_block("x", "a", 3, 6), conv_block("a", "b", 6, 6), conv_block("b", "c", 6, 4)
+    )
+    consts["b.b"] = consts["a.b"] = np.zeros(6, np.float32)
+    nodes.insert(0, node("Identity", ["a.b"], ["b.b_dup"]))
+    nodes[2].input[2] = "b.b_dup"
+    del consts["b.b"]
+    made = model(nodes, X, ["c"], consts)
+    _, dep = analyze(made)
+    assert group_with(dep, "a.w", 0) is not group_with(dep, "b.w", 0)
+    prune_every_group(made)
