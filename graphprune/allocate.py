@@ -6,7 +6,8 @@ global:  scores are divided by their group's mean (so groups are comparable), al
          `max_group_ratio` of its units.
 Then, per group, the kept count is rounded up to a multiple of `round_to` and never drops below
 one unit: a group is never emptied. Within a group the lowest-scoring units go (ties: lower
-index first).
+index first), except that every space keeps at least one index: a concat input or a split
+output is never emptied either (its best unit is spared).
 """
 
 from __future__ import annotations
@@ -42,8 +43,20 @@ def allocate(
         remove = _rounded_removal(group.n_units, counts[group.id], round_to)
         if remove:
             order = np.lexsort((np.arange(group.n_units), scores[group.id]))
-            removals[group.id] = np.sort(order[:remove])
+            removed = spare_every_space(group, order[:remove], scores[group.id])
+            if len(removed):
+                removals[group.id] = removed
     return removals
+
+
+def spare_every_space(group: Group, removed: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """`removed` minus, for each space it would empty, that space's best-scoring unit."""
+    removed = set(int(u) for u in removed)
+    for labels in group.labels.values():
+        units = np.unique(labels)
+        if all(int(u) in removed for u in units):
+            removed.discard(int(units[np.argmax(scores[units])]))
+    return np.array(sorted(removed), dtype=np.int64)
 
 
 def _rounded_removal(n_units: int, remove: int, round_to: int) -> int:

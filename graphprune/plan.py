@@ -79,8 +79,9 @@ class Plan:
             if any(not 0 <= i < anchor_size for i in entry.removed):
                 raise BadInput(f"plan removes an index outside group '{entry.group}'")
             units = group.anchor_units(entry.removed)
-            if len(units) >= group.n_units:
-                raise BadInput(f"plan would empty group '{entry.group}'")
+            emptied = [s for s, lab in group.labels.items() if np.isin(lab, units).all()]
+            if emptied:
+                raise BadInput(f"plan would empty {emptied[0]} in group '{entry.group}'")
             result[entry.group] = units
         return result
 

@@ -34,6 +34,7 @@ class OutputCheck:
     max_abs: float
     max_rel: float
     passed: bool
+    scale: float = 0.0  # max |reference|: how large the values compared were
 
 
 @dataclass
@@ -56,7 +57,8 @@ class Check:
         verdict = "PASSED " if self.passed else "FAILED "
         return (
             f"{verdict} {self.what} on {self.provider}: max abs {worst.max_abs:.2e}, "
-            f"max rel {worst.max_rel:.2e} ({len(self.outputs)} outputs)"
+            f"max rel {worst.max_rel:.2e}, output scale {worst.scale:.2e} "
+            f"({len(self.outputs)} outputs)"
         )
 
 
@@ -136,7 +138,7 @@ def compare(
         max_abs = float(diff.max(initial=0.0))
         max_rel = float((diff / np.maximum(np.abs(ref64), 1e-12)).max(initial=0.0))
         passed = bool(np.all(diff <= atol + rtol * np.abs(ref64)))
-        checks.append(OutputCheck(name, max_abs, max_rel, passed))
+        checks.append(OutputCheck(name, max_abs, max_rel, passed, float(np.abs(ref64).max())))
     return checks
 
 

@@ -7,6 +7,7 @@ import onnx
 from graphprune.passes.slice_channels import slice_channels
 from onnx import TensorProto, helper, numpy_helper
 
+from graphprune.allocate import spare_every_space
 from graphprune.depgraph import DepGraph, Group
 from graphprune.load import infer_shapes
 from graphprune.ops import Space
@@ -87,7 +88,10 @@ def prune_every_group(made: onnx.ModelProto, share: float = 0.5, seed: int = 0):
     for group in dep.groups:
         count = int(share * group.n_units)
         if group.prunable and count:
-            removals[group.id] = np.sort(rng.choice(group.n_units, count, replace=False))
+            chosen = rng.choice(group.n_units, count, replace=False)
+            removed = spare_every_space(group, chosen, rng.random(group.n_units))
+            if len(removed):
+                removals[group.id] = removed
     assert removals, "nothing was prunable"
     pruned = slice_channels(work, dep, removals)
     onnx.checker.check_model(pruned, full_check=True)
