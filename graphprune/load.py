@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
@@ -84,21 +85,70 @@ def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shapes for every tensor: onnx's inference, then onnxruntime's symbolic inference where
-    onnx left gaps."""
+    """A copy of `model` with a type and shape for every tensor it can infer: onnx's inference,
+    then onnxruntime's symbolic inference where onnx left gaps.
+
+    Inference runs on a skeleton whose large initializers are typed graph inputs instead, so
+    models over protobuf's 2 GB limit work and weights are never serialized; small integer
+    constants stay, so shape arithmetic (data propagation) still sees their values.
+    """
+    skeleton = _skeleton(model)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # onnx raises bare Exceptions subclasses from C++; fall back below
-        inferred = model
-    if not _missing_shapes(inferred):
-        return inferred
+        inferred = _onnx_inference(skeleton)
+    except Exception:  # onnx raises C++ errors of several types; the fallback below decides
+        inferred = skeleton
+    if _missing_shapes(inferred):
+        inferred = _symbolic(inferred)
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    del result.graph.value_info[:]
+    result.graph.value_info.extend(inferred.graph.value_info)
+    del result.graph.output[:]
+    result.graph.output.extend(inferred.graph.output)
+    return result
+
+
+def _onnx_inference(model: onnx.ModelProto) -> onnx.ModelProto:
+    return onnx.shape_inference.infer_shapes(model, data_prop=True)
+
+
+SKELETON_MAX_ELEMENTS = 1024
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` without the data of its large initializers, which become typed graph inputs."""
+    graph = model.graph
+    skeleton = onnx.ModelProto(
+        ir_version=model.ir_version, opset_import=model.opset_import, functions=model.functions
+    )
+    skeleton.graph.CopyFrom(
+        onnx.GraphProto(
+            name=graph.name,
+            node=graph.node,
+            input=graph.input,
+            output=graph.output,
+            value_info=graph.value_info,
+        )
+    )
+    listed = {value.name for value in graph.input}
+    for tensor in graph.initializer:
+        if np.prod(tensor.dims) <= SKELETON_MAX_ELEMENTS:
+            skeleton.graph.initializer.append(tensor)
+        elif tensor.name not in listed:
+            skeleton.graph.input.append(
+                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+            )
+    return skeleton
+
+
+def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        symbolic = SymbolicShapeInference.infer_shapes(inferred, auto_merge=True)
-    except Exception:  # the fallback is best effort; rules block what stays unknown
-        return inferred
-    return symbolic if symbolic is not None else inferred
+        symbolic = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception:  # best effort: rules block whatever stays unknown
+        return model
+    return symbolic if symbolic is not None else model
 
 
 def _missing_shapes(model: onnx.ModelProto) -> bool:
@@ -132,15 +182,18 @@ def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".graphprune-") as tmp:
         tmp_model = Path(tmp) / path.name
         if external:
+            detached = onnx.ModelProto()
+            detached.CopyFrom(model)  # onnx moves tensor data out of the proto it saves
             onnx.save_model(
-                model,
+                detached,
                 str(tmp_model),
                 save_as_external_data=True,
                 all_tensors_to_one_file=True,
                 location=data_name,
                 size_threshold=1024,
             )
-            os.replace(Path(tmp) / data_name, path.parent / data_name)
+            if (Path(tmp) / data_name).exists():  # absent when every tensor is tiny
+                os.replace(Path(tmp) / data_name, path.parent / data_name)
         else:
             onnx.save_model(model, str(tmp_model))
         os.replace(tmp_model, path)

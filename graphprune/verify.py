@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from graphprune import load as loading
 from graphprune.depgraph import DepGraph
 from graphprune.edit import ConstantStore
-from graphprune.load import EXTERNAL_DATA_THRESHOLD, save
 from graphprune.ops import Role
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -104,11 +104,11 @@ def session(
     if provider == "cuda":
         # fp32 parity: TF32 would round matmul inputs to 10 mantissa bits
         providers = [(PROVIDERS["cuda"], {"use_tf32": "0"})]
-    if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+    if model.ByteSize() < loading.EXTERNAL_DATA_THRESHOLD:
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        save(model, path)
+        loading.save(model, path)
         return ort.InferenceSession(str(path), options, providers=providers)
 
 

@@ -19,7 +19,7 @@ from tests.graphs import model, node, weight
 X = {"x": (1, 3, 8, 8)}
 
 
-def small_cnn() -> onnx.ModelProto:
+def small_cnn(opset: int = 17) -> onnx.ModelProto:
     consts = {
         "c1.w": weight(8, 3, 3, 3),
         "c1.b": weight(8),
@@ -36,7 +36,7 @@ def small_cnn() -> onnx.ModelProto:
         node("Flatten", ["p"], ["f"]),
         node("MatMul", ["f", "fc.w"], ["y"]),
     ]
-    return model(nodes, X, ["y"], consts)
+    return model(nodes, X, ["y"], consts, opset=opset)
 
 
 @pytest.fixture
