@@ -316,6 +316,10 @@ def conv(ctx: RuleContext) -> None:
     if groups == 1:
         ctx.link(Space(x, 1), Space(w, 1))
         ctx.role(Space(w, 1), Role.IN)
+    elif ctx.size(x, 1) != groups * in_per_group:
+        # the outputs of a grouped conv can only shrink with its inputs: unknown input width
+        for space in (Space(w, 0), Space(y, 1)):
+            ctx.block(space, "grouped Conv whose input channel count is unknown")
     elif in_per_group == 1:
         ctx.link(Space(x, 1), Space(y, 1), block_map(groups, out_channels // groups))
         ctx.fix(AttrFix(ctx.position, "group", Space(x, 1)))

@@ -110,16 +110,17 @@ def prune(
     onnx.checker.check_model(pruned, full_check=True)
     lap("rewrite")
     checks = []
+    inputs = random_inputs(analysis.work, seed, input_shapes)
+    shapes = {name: value.shape for name, value in inputs.items()}
     if verify:
-        inputs = random_inputs(analysis.work, seed, input_shapes)
         checks = oracle(
             analysis.work, pruned, analysis.dep, removals, inputs, providers, rtol, atol
         )
         lap("verify")
     result = PruneResult(
         plan=plan,
-        before=summarize(analysis.original, loading.file_size(source)),
-        after=summarize(pruned),
+        before=summarize(analysis.original, loading.file_size(source), shapes, analysis.work),
+        after=summarize(pruned, None, shapes),
         checks=checks,
         groups=len(analysis.dep.groups),
         prunable_groups=sum(g.prunable for g in analysis.dep.groups),

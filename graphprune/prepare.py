@@ -10,20 +10,30 @@ freshly folded BatchNorms). We undo it where it is accidental:
 
 Shared weights of rank >= 2 stay shared: they are real ties (tied embeddings) and keep coupling
 their readers.
+
+Exporters also compute sizes at run time: `Shape -> Gather -> ... -> Pad/Slice/Reshape`
+(TorchScript's TF-"SAME" padding, chunk bounds, flatten targets). Where the shapes are static
+those values are constants in disguise; we fold them (`Shape` of a fully static tensor, and any
+deterministic default-domain op whose inputs are all constants), so rules see literal pads,
+bounds and targets instead of blocking on a subgraph.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+from onnx.reference import ReferenceEvaluator
 
 from graphprune.edit import ConstantStore
-from graphprune.graph import GraphIndex
+from graphprune.graph import GraphIndex, attribute
+from graphprune.load import infer_shapes
 
 
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a normalized copy of `model` (the argument is not modified)."""
     model = _copy(model)
     _fold_constant_identities(model)
+    _fold_static_shape_arithmetic(model)
     _untie_shared_vectors(model)
     return model
 
@@ -61,3 +71,74 @@ def _untie_shared_vectors(model: onnx.ModelProto) -> None:
             for i, input_name in enumerate(node.input):
                 if input_name == name:
                     store.private_copy(node, i)
+
+
+FOLD_MAX_ELEMENTS = 65536  # folding never materializes big tensors (ConstantOfShape masks, ...)
+NEVER_FOLD = {
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "Constant",
+}
+
+
+def _fold_static_shape_arithmetic(model: onnx.ModelProto) -> None:
+    """Replace nodes computable from constants and static shapes by their values."""
+    shaped = infer_shapes(model)
+    index = GraphIndex.build(shaped)
+    known = dict(index.constants)
+    folded: dict[int, list[np.ndarray]] = {}
+    for position, node in enumerate(model.graph.node):
+        values = _evaluate(node, known, index)
+        if values is None:
+            continue
+        folded[position] = values
+        known.update(zip(node.output, values, strict=True))
+    if not folded:
+        return
+    store = ConstantStore(model)
+    for position in sorted(folded, reverse=True):
+        node = model.graph.node[position]
+        for name, value in zip(node.output, folded[position], strict=True):
+            if name in index.graph_outputs:
+                return  # a graph output stays computed; stop rather than half-fold
+            store.add_named(name, value)
+        del model.graph.node[position]
+
+
+def _evaluate(node: onnx.NodeProto, known: dict, index: GraphIndex) -> list[np.ndarray] | None:
+    if node.domain not in ("", "ai.onnx") or node.op_type in NEVER_FOLD or not node.output:
+        return None
+    if node.op_type == "Shape":
+        dims = index.shapes.get(node.input[0])
+        if dims is None or not all(isinstance(d, int) for d in dims):
+            return None
+        start, end = attribute(node, "start", 0), attribute(node, "end", None)
+        return [np.array(dims[start:end], dtype=np.int64)]
+    inputs = [name for name in node.input if name]
+    if not inputs or not all(name in known for name in inputs):
+        return None
+    if any(
+        attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for attr in node.attribute
+    ):
+        return None
+    try:
+        outputs = ReferenceEvaluator(_single_node_model(node, index.opset)).run(
+            None, {name: known[name] for name in inputs}
+        )
+    except Exception:  # an op the reference cannot run stays in the graph, unfolded
+        return None
+    if sum(np.asarray(o).size for o in outputs) > FOLD_MAX_ELEMENTS:
+        return None
+    return [np.asarray(o) for o in outputs]
+
+
+def _single_node_model(node: onnx.NodeProto, opset: int) -> onnx.ModelProto:
+    inputs = [onnx.helper.make_empty_tensor_value_info(name) for name in node.input if name]
+    outputs = [onnx.helper.make_empty_tensor_value_info(name) for name in node.output]
+    graph = onnx.helper.make_graph([node], "fold", inputs, outputs)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])

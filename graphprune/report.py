@@ -9,6 +9,7 @@ MACs are counted from inferred shapes for the ops that dominate cost:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from math import prod
 
@@ -31,13 +32,37 @@ class Summary:
         return asdict(self)
 
 
-def summarize(model: onnx.ModelProto, file_bytes: int | None = None) -> Summary:
-    index = GraphIndex.build(infer_shapes(model))
-    params = sum(v.size for v in index.constants.values() if np.issubdtype(v.dtype, np.floating))
+def summarize(
+    model: onnx.ModelProto,
+    file_bytes: int | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    computed_as: onnx.ModelProto | None = None,
+) -> Summary:
+    """Counts for `model`; MACs at `input_shapes` when its inputs have dynamic dimensions, and
+    from `computed_as` (the same function with run-time size arithmetic folded) when given."""
+    constants = GraphIndex.build(model).constants
+    params = sum(v.size for v in constants.values() if np.issubdtype(v.dtype, np.floating))
+    shaped = with_input_shapes(computed_as or model, input_shapes or {})
+    macs = _macs(GraphIndex.build(infer_shapes(shaped)))
     ops = Counter(n.op_type for n in model.graph.node if n.op_type != "Constant")
-    return Summary(
-        int(params), _macs(index), sum(ops.values()), dict(sorted(ops.items())), file_bytes
-    )
+    return Summary(int(params), macs, sum(ops.values()), dict(sorted(ops.items())), file_bytes)
+
+
+def with_input_shapes(
+    model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]
+) -> onnx.ModelProto:
+    """A copy of `model` whose graph inputs named in `shapes` have those static shapes."""
+    if not shapes:
+        return model
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        if value.name in shapes:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, shapes[value.name], strict=True):
+                dim.Clear()
+                dim.dim_value = size
+    return fixed
 
 
 def _macs(index: GraphIndex) -> int:

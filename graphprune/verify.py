@@ -5,6 +5,12 @@ channel (role `in`: the next layers' input columns), and run it beside the physi
 model on the same inputs. Removed channels are still computed in the masked model but reach
 nothing, so every output must match the pruned model to fp32 round-off. A wrong group, a
 missed consumer, a stale shape constant or a misplaced slice shows up as a mismatch.
+
+"fp32 round-off" is measured, not assumed, when the fixed tolerance is not enough: deep models
+ending in a peaked softmax amplify summation-order noise past any fixed atol. Then the masked
+model is run again with ORT's graph optimizations off and fully on (the same function, summed
+in other orders); the pruned model passes if it is within twice the larger self-difference. A
+structural error is of the output's own magnitude and cannot hide below it.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class OutputCheck:
     max_rel: float
     passed: bool
     scale: float = 0.0  # max |reference|: how large the values compared were
+    noise: float | None = None  # the reference's own fp32 noise, when it had to be measured
 
 
 @dataclass
@@ -55,9 +62,11 @@ class Check:
             return f"SKIPPED  {self.what} on {self.provider}: {self.skipped}"
         worst = max(self.outputs, key=lambda o: o.max_abs)
         verdict = "PASSED " if self.passed else "FAILED "
+        noise = [o.noise for o in self.outputs if o.noise is not None]
+        within = f", fp32 noise of the reference {max(noise):.2e}" if noise else ""
         return (
             f"{verdict} {self.what} on {self.provider}: max abs {worst.max_abs:.2e}, "
-            f"max rel {worst.max_rel:.2e}, output scale {worst.scale:.2e} "
+            f"max rel {worst.max_rel:.2e}, output scale {worst.scale:.2e}{within} "
             f"({len(self.outputs)} outputs)"
         )
 
@@ -113,9 +122,12 @@ def session(
 
 
 def run(
-    model: onnx.ModelProto, inputs: Mapping[str, np.ndarray], provider: str = "cpu"
+    model: onnx.ModelProto,
+    inputs: Mapping[str, np.ndarray],
+    provider: str = "cpu",
+    optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
 ) -> dict[str, np.ndarray]:
-    sess = session(model, provider)
+    sess = session(model, provider, optimization)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, dict(inputs)), strict=True))
 
@@ -126,7 +138,14 @@ def compare(
     rtol: float = RTOL,
     atol: float = ATOL,
 ) -> list[OutputCheck]:
-    """Per output: |actual - reference| <= atol + rtol * |reference| everywhere."""
+    """Per output: |actual - reference| <= atol * max(1, scale) + rtol * |reference| everywhere,
+    where scale = max |reference|.
+
+    fp32 round-off grows with the magnitudes summed: an element that cancels to near zero in an
+    output whose values reach 40 carries ~1e-5 of summation-order noise. Scaling atol by the
+    output's magnitude (only when it exceeds 1) keeps the check as strict as rtol/atol on
+    unit-scale outputs without failing on noise; a structural error is of the output's order.
+    """
     checks = []
     for name, ref in reference.items():
         got = actual[name]
@@ -137,8 +156,9 @@ def compare(
         diff = np.abs(got64 - ref64)
         max_abs = float(diff.max(initial=0.0))
         max_rel = float((diff / np.maximum(np.abs(ref64), 1e-12)).max(initial=0.0))
-        passed = bool(np.all(diff <= atol + rtol * np.abs(ref64)))
-        checks.append(OutputCheck(name, max_abs, max_rel, passed, float(np.abs(ref64).max())))
+        scale = float(np.abs(ref64).max(initial=0.0))
+        passed = bool(np.all(diff <= atol * max(1.0, scale) + rtol * np.abs(ref64)))
+        checks.append(OutputCheck(name, max_abs, max_rel, passed, scale))
     return checks
 
 
@@ -181,5 +201,29 @@ def oracle(
         else:
             reference = run(reference_model, inputs, provider)
             check.outputs = compare(reference, run(pruned, inputs, provider), rtol, atol)
+            if not check.passed:
+                _judge_against_noise(check, reference_model, reference, inputs, provider)
         checks.append(check)
     return checks
+
+
+NOISE_FACTOR = 2.0
+
+
+def _judge_against_noise(
+    check: Check,
+    reference_model: onnx.ModelProto,
+    reference: Mapping[str, np.ndarray],
+    inputs,
+    provider: str,
+) -> None:
+    """Measure the reference's own summation-order noise; failed outputs within NOISE_FACTOR
+    times it pass (see the module docstring)."""
+    levels = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    resummed = [run(reference_model, inputs, provider, level) for level in levels]
+    for output in check.outputs:
+        if output.passed:
+            continue
+        ref = reference[output.name].astype(np.float64)
+        output.noise = max(float(np.abs(r[output.name] - ref).max()) for r in resummed)
+        output.passed = output.max_abs <= NOISE_FACTOR * output.noise

@@ -1,0 +1,45 @@
+"""The oracle can fail: a rewrite that keeps the wrong channels or forgets a reader is caught,
+with or without the fp32-noise judgement."""
+
+from __future__ import annotations
+
+import numpy as np
+from graphprune.passes.slice_channels import slice_channels
+
+from graphprune.verify import Check, OutputCheck, compare, oracle, random_inputs
+from tests.graphs import analyze
+from tests.test_cli import small_cnn
+
+
+def test_removing_other_channels_than_the_plan_says_fails_the_oracle():
+    work, dep = analyze(small_cnn())
+    planned = {"c1.w:0": np.array([0, 1, 2, 3])}
+    wrong = slice_channels(work, dep, {"c1.w:0": np.array([4, 5, 6, 7])})
+    checks = oracle(work, wrong, dep, planned, random_inputs(work, 0), ("cpu",))
+    assert not checks[0].passed
+    assert checks[0].outputs[0].noise is not None  # the noise was measured, and is far below
+    assert checks[0].outputs[0].max_abs > 100 * checks[0].outputs[0].noise
+    assert checks[0].line().startswith("FAILED")
+
+
+def test_the_right_rewrite_passes_without_measuring_noise():
+    work, dep = analyze(small_cnn())
+    removals = {"c1.w:0": np.array([0, 1, 2, 3]), "c2.w:0": np.array([1, 3])}
+    pruned = slice_channels(work, dep, removals)
+    checks = oracle(work, pruned, dep, removals, random_inputs(work, 0), ("cpu", "cuda"))
+    assert checks[0].passed and checks[0].outputs[0].noise is None
+    assert checks[1].passed  # CUDA: compared when present, reported as skipped otherwise
+
+
+def test_compare_scales_atol_with_the_output_magnitude_only_above_one():
+    small = {"y": np.array([1e-3, 0.5], np.float32)}
+    assert not compare(small, {"y": small["y"] + 2e-5})[0].passed
+    large = {"y": np.array([1e-3, 40.0], np.float32)}
+    assert compare(large, {"y": large["y"] + np.array([3e-5, 0], np.float32)})[0].passed
+    assert not compare(large, {"y": large["y"] + np.array([1e-3, 0], np.float32)})[0].passed
+
+
+def test_a_shape_mismatch_fails():
+    checks = compare({"y": np.zeros((1, 4))}, {"y": np.zeros((1, 3))})
+    assert not checks[0].passed
+    assert not Check("oracle", "cpu", [OutputCheck("y", 1.0, 1.0, False)]).passed
