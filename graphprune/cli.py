@@ -224,7 +224,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
 def inspect_report(analysis) -> dict:
     """What `inspect` shows, as plain data."""
     dep, index = analysis.dep, analysis.dep.index
-    float_constants = {name: v.size for name, v in index.constants.items() if v.dtype.kind == "f"}
+    constants = index.constants
+    float_constants = {name: constants.size(name) for name in constants if constants.is_float(name)}
     prunable_tensors = {s.tensor for g in dep.groups if g.prunable for s in g.roles}
     total = sum(float_constants.values())
     prunable = sum(n for name, n in float_constants.items() if name in prunable_tensors)

@@ -6,6 +6,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from graphprune.graph import all_inputs
+
 
 class ConstantStore:
     """Read and replace constant tensors of `model` by name, keeping them where they were."""
@@ -61,3 +63,40 @@ class ConstantStore:
             self._private[key] = self.add(f"{source}_copy", self.get(source))
             node.input[input_index] = self._private[key]
         return self._private[key]
+
+
+def copy_structure(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` without its initializers: every other field of the model and graph.
+    Copying a model and then replacing its weights would hold them twice."""
+    copy = onnx.ModelProto()
+    _copy_fields(model, copy, skip="graph")
+    _copy_fields(model.graph, copy.graph, skip="initializer")
+    return copy
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    for descriptor, value in source.ListFields():
+        if descriptor.name == skip:
+            continue
+        if descriptor.is_repeated:
+            getattr(target, descriptor.name).extend(value)
+        elif descriptor.type == descriptor.TYPE_MESSAGE:
+            getattr(target, descriptor.name).CopyFrom(value)
+        else:
+            setattr(target, descriptor.name, value)
+
+
+def remove_unused(model: onnx.ModelProto) -> None:
+    """Delete, in place, nodes whose outputs nothing reads and constants nobody uses (what a
+    rewrite leaves behind: replaced shape constants, orphaned Constant nodes)."""
+    graph = model.graph
+    while True:
+        used = {o.name for o in graph.output} | {n for node in graph.node for n in all_inputs(node)}
+        dead = [i for i, node in enumerate(graph.node) if not used.intersection(node.output)]
+        if not dead:
+            break
+        for i in reversed(dead):
+            del graph.node[i]
+    for i in reversed(range(len(graph.initializer))):
+        if graph.initializer[i].name not in used:
+            del graph.initializer[i]

@@ -16,6 +16,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
+from graphprune.edit import copy_structure
 from graphprune.errors import BadInput
 
 MIN_OPSET = 11
@@ -26,6 +27,11 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 def load(path: str | os.PathLike) -> onnx.ModelProto:
     """Read `path` with its external data, checked: a valid ModelProto with opset 11-23."""
+    return load_sized(path)[0]
+
+
+def load_sized(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
+    """`load`, and the bytes the model occupies on disk, external data files included."""
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"no such model file: {path}")
@@ -36,8 +42,8 @@ def load(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.HasField("graph") or not model.graph.node:
         raise BadInput(f"{path} is not a valid ONNX model (no graph or no nodes)")
     _check_opset(model, path)
-    _load_external_data(model, path.parent.resolve())
-    return model
+    data_files = _load_external_data(model, path.parent.resolve())
+    return model, path.stat().st_size + sum(f.stat().st_size for f in data_files)
 
 
 def _first_line(err: BaseException) -> str:
@@ -63,9 +69,11 @@ def _external_tensors(model: onnx.ModelProto):
             yield tensor
 
 
-def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
-    """Check every external location (inside `base`, present, long enough), then load it."""
+def _load_external_data(model: onnx.ModelProto, base: Path) -> set[Path]:
+    """Check every external location (inside `base`, present, long enough), load the data, and
+    return the data files."""
     tensors = list(_external_tensors(model))
+    files = set()
     for tensor in tensors:
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
@@ -80,27 +88,31 @@ def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
         end = int(info.get("offset", 0)) + int(info.get("length", 0))
         if end > target.stat().st_size:
             raise BadInput(f"external data file {target} is truncated (tensor '{tensor.name}')")
+        files.add(target)
     if tensors:
         onnx.external_data_helper.load_external_data_for_model(model, str(base))
+    return files
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` with a type and shape for every tensor it can infer: onnx's inference,
-    then onnxruntime's symbolic inference where onnx left gaps.
+def infer_shapes(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
+    """`model` with a type and shape for every tensor it can infer (a copy, or `model` itself
+    when `in_place`): onnx's inference, then onnxruntime's symbolic one where onnx left gaps.
 
     Inference runs on a skeleton whose large initializers are typed graph inputs instead, so
     models over protobuf's 2 GB limit work and weights are never serialized; small integer
     constants stay, so shape arithmetic (data propagation) still sees their values.
     """
-    skeleton = _skeleton(model)
+    skeleton = weightless(model)
     try:
         inferred = _onnx_inference(skeleton)
     except Exception:  # onnx raises C++ errors of several types; the fallback below decides
         inferred = skeleton
     if _missing_shapes(inferred):
         inferred = _symbolic(inferred)
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
+    result = model
+    if not in_place:
+        result = onnx.ModelProto()
+        result.CopyFrom(model)
     del result.graph.value_info[:]
     result.graph.value_info.extend(inferred.graph.value_info)
     del result.graph.output[:]
@@ -115,23 +127,11 @@ def _onnx_inference(model: onnx.ModelProto) -> onnx.ModelProto:
 SKELETON_MAX_ELEMENTS = 1024
 
 
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` without the data of its large initializers, which become typed graph inputs."""
-    graph = model.graph
-    skeleton = onnx.ModelProto(
-        ir_version=model.ir_version, opset_import=model.opset_import, functions=model.functions
-    )
-    skeleton.graph.CopyFrom(
-        onnx.GraphProto(
-            name=graph.name,
-            node=graph.node,
-            input=graph.input,
-            output=graph.output,
-            value_info=graph.value_info,
-        )
-    )
-    listed = {value.name for value in graph.input}
-    for tensor in graph.initializer:
+    skeleton = copy_structure(model)
+    listed = {value.name for value in model.graph.input}
+    for tensor in model.graph.initializer:
         if np.prod(tensor.dims) <= SKELETON_MAX_ELEMENTS:
             skeleton.graph.initializer.append(tensor)
         elif tensor.name not in listed:
@@ -168,17 +168,18 @@ def tensor_nbytes(model: onnx.ModelProto) -> int:
     return total
 
 
-def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+def save(model: onnx.ModelProto, path: str | os.PathLike) -> int:
     """Write `model` atomically: into a temporary folder beside `path`, then renamed into place.
 
     Models too large for one protobuf get their weights in `<name>.data` beside the model;
     the data file is moved first and the model last, so a reader never sees a model whose data
-    is missing.
+    is missing. Returns the bytes written.
     """
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     external = tensor_nbytes(model) > EXTERNAL_DATA_THRESHOLD
     data_name = path.name + ".data"
+    written = 0
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".graphprune-") as tmp:
         tmp_model = Path(tmp) / path.name
         if external:
@@ -192,18 +193,18 @@ def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
                 location=data_name,
                 size_threshold=1024,
             )
-            if (Path(tmp) / data_name).exists():  # absent when every tensor is tiny
-                os.replace(Path(tmp) / data_name, path.parent / data_name)
+            written += _move_if_present(Path(tmp) / data_name, path.parent / data_name)
         else:
             onnx.save_model(model, str(tmp_model))
-        os.replace(tmp_model, path)
+        written += _move_if_present(tmp_model, path)
+    return written
 
 
-def file_size(path: str | os.PathLike) -> int:
-    """Size of a model file plus every external data file it references."""
-    path = Path(path)
-    model = onnx.load(str(path), load_external_data=False)
-    locations = {
-        {e.key: e.value for e in t.external_data}.get("location") for t in _external_tensors(model)
-    }
-    return path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in locations if loc)
+def _move_if_present(source: Path, target: Path) -> int:
+    """Rename `source` over `target` and return its size; 0 when there is no source (no tensor
+    was large enough to go to an external data file)."""
+    if not source.exists():
+        return 0
+    size = source.stat().st_size
+    os.replace(source, target)
+    return size

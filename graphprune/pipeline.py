@@ -3,9 +3,10 @@ verify -> write. Each stage is one call; `prune` is the whole job."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from graphprune.depgraph import DepGraph
 from graphprune.errors import BadInput
 from graphprune.plan import Plan, fingerprint
 from graphprune.prepare import prepare
-from graphprune.report import Summary, summarize
+from graphprune.report import Summary, count_macs, summarize
 from graphprune.verify import ATOL, RTOL, Check, oracle, random_inputs
 
 
@@ -25,10 +26,10 @@ from graphprune.verify import ATOL, RTOL, Check, oracle, random_inputs
 class Analysis:
     """A loaded model ready for scoring and rewriting."""
 
-    original: onnx.ModelProto
-    work: onnx.ModelProto  # prepared, with inferred shapes
+    work: onnx.ModelProto  # prepared, with inferred shapes; the pipeline's only full copy
     dep: DepGraph
     fingerprint: str
+    original: Summary  # parameters, ops and bytes on disk of the model as loaded
 
 
 @dataclass
@@ -48,9 +49,11 @@ class PruneResult:
 
 
 def analyze(source: str | Path) -> Analysis:
-    original = loading.load(source)
-    work = loading.infer_shapes(prepare(original))
-    return Analysis(original, work, DepGraph.build(work), fingerprint(original))
+    """Load, count, prepare and annotate in place (one copy of the weights in memory), analyze."""
+    model, disk_bytes = loading.load_sized(source)
+    counted, graph_hash = summarize(model, disk_bytes, macs=False), fingerprint(model)
+    work = loading.infer_shapes(prepare(model, in_place=True), in_place=True)
+    return Analysis(work, DepGraph.build(work), graph_hash, counted)
 
 
 def score(analysis: Analysis, criterion: str, seed: int = 0) -> dict[str, np.ndarray]:
@@ -107,28 +110,40 @@ def prune(
         )
     lap("allocate")
     pruned = slice_channels(analysis.work, analysis.dep, removals)
-    onnx.checker.check_model(pruned, full_check=True)
+    _check(pruned)
     lap("rewrite")
-    checks = []
     inputs = random_inputs(analysis.work, seed, input_shapes)
     shapes = {name: value.shape for name, value in inputs.items()}
+    before = replace(
+        analysis.original, macs=count_macs(analysis.work, shapes), bytes=analysis.original.bytes
+    )
+    after = summarize(pruned, None, shapes)
+    checks = []
     if verify:
+        # the working copy is not needed past this point: the oracle masks it in place
         checks = oracle(
-            analysis.work, pruned, analysis.dep, removals, inputs, providers, rtol, atol
+            analysis.work,
+            pruned,
+            analysis.dep,
+            removals,
+            inputs,
+            providers,
+            rtol,
+            atol,
+            in_place=True,
         )
         lap("verify")
     result = PruneResult(
         plan=plan,
-        before=summarize(analysis.original, loading.file_size(source), shapes, analysis.work),
-        after=summarize(pruned, None, shapes),
+        before=before,
+        after=after,
         checks=checks,
         groups=len(analysis.dep.groups),
         prunable_groups=sum(g.prunable for g in analysis.dep.groups),
         seconds=seconds,
     )
     if result.passed:
-        loading.save(pruned, destination)
-        result.after.bytes = loading.file_size(destination)
+        result.after.bytes = loading.save(pruned, destination)
         result.written = True
     lap("write")
     return result
@@ -140,3 +155,14 @@ def _check_paths(source: str | Path, destination: str | Path) -> None:
         raise BadInput("output path is the input path; graphprune never overwrites its input")
     if destination.is_dir():
         raise BadInput(f"output path is a directory: {destination}")
+
+
+def _check(model: onnx.ModelProto) -> None:
+    """onnx's full checker (strict shape inference included); by path past the protobuf limit."""
+    if model.ByteSize() < loading.EXTERNAL_DATA_THRESHOLD:
+        onnx.checker.check_model(model.SerializeToString(), full_check=True)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pruned.onnx"
+        loading.save(model, path)
+        onnx.checker.check_model(str(path), full_check=True)

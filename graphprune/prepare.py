@@ -20,6 +20,9 @@ bounds and targets instead of blocking on a subgraph.
 
 from __future__ import annotations
 
+from collections import ChainMap
+from collections.abc import Mapping
+
 import numpy as np
 import onnx
 from onnx.reference import ReferenceEvaluator
@@ -29,9 +32,9 @@ from graphprune.graph import GraphIndex, attribute
 from graphprune.load import infer_shapes
 
 
-def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a normalized copy of `model` (the argument is not modified)."""
-    model = _copy(model)
+def prepare(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
+    """Return `model` normalized: a copy, or `model` itself when `in_place`."""
+    model = model if in_place else _copy(model)
     _fold_constant_identities(model)
     _fold_static_shape_arithmetic(model)
     _untie_shared_vectors(model)
@@ -62,9 +65,9 @@ def _fold_constant_identities(model: onnx.ModelProto) -> None:
 def _untie_shared_vectors(model: onnx.ModelProto) -> None:
     index = GraphIndex.build(model)
     store = ConstantStore(model)
-    for name, value in index.constants.items():
+    for name in index.constants:
         readers = index.consumers.get(name, [])
-        if value.ndim != 1 or len(readers) < 2:
+        if len(index.constants.shape(name)) != 1 or len(readers) < 2:
             continue
         for position in readers[1:]:
             node = model.graph.node[position]
@@ -87,9 +90,8 @@ NEVER_FOLD = {
 
 def _fold_static_shape_arithmetic(model: onnx.ModelProto) -> None:
     """Replace nodes computable from constants and static shapes by their values."""
-    shaped = infer_shapes(model)
-    index = GraphIndex.build(shaped)
-    known = dict(index.constants)
+    index = GraphIndex.build(infer_shapes(model, in_place=True))
+    known: ChainMap[str, np.ndarray] = ChainMap({}, index.constants)
     folded: dict[int, list[np.ndarray]] = {}
     for position, node in enumerate(model.graph.node):
         values = _evaluate(node, known, index)
@@ -109,7 +111,9 @@ def _fold_static_shape_arithmetic(model: onnx.ModelProto) -> None:
         del model.graph.node[position]
 
 
-def _evaluate(node: onnx.NodeProto, known: dict, index: GraphIndex) -> list[np.ndarray] | None:
+def _evaluate(
+    node: onnx.NodeProto, known: Mapping[str, np.ndarray], index: GraphIndex
+) -> list[np.ndarray] | None:
     if node.domain not in ("", "ai.onnx") or node.op_type in NEVER_FOLD or not node.output:
         return None
     if node.op_type == "Shape":
@@ -121,6 +125,8 @@ def _evaluate(node: onnx.NodeProto, known: dict, index: GraphIndex) -> list[np.n
     inputs = [name for name in node.input if name]
     if not inputs or not all(name in known for name in inputs):
         return None
+    if any(index.constants.size(n) > FOLD_MAX_ELEMENTS for n in inputs if n in index.constants):
+        return None  # weights are not shape arithmetic
     if any(
         attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
         for attr in node.attribute

@@ -13,11 +13,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from math import prod
 
-import numpy as np
 import onnx
 
 from graphprune.graph import GraphIndex, attribute
-from graphprune.load import infer_shapes
+from graphprune.load import infer_shapes, weightless
 
 
 @dataclass
@@ -36,33 +35,29 @@ def summarize(
     model: onnx.ModelProto,
     file_bytes: int | None = None,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-    computed_as: onnx.ModelProto | None = None,
+    macs: bool = True,
 ) -> Summary:
-    """Counts for `model`; MACs at `input_shapes` when its inputs have dynamic dimensions, and
-    from `computed_as` (the same function with run-time size arithmetic folded) when given."""
+    """Counts for `model`; MACs at `input_shapes` when its inputs have dynamic dimensions."""
     constants = GraphIndex.build(model).constants
-    params = sum(v.size for v in constants.values() if np.issubdtype(v.dtype, np.floating))
-    shaped = with_input_shapes(computed_as or model, input_shapes or {})
-    macs = _macs(GraphIndex.build(infer_shapes(shaped)))
+    params = sum(constants.size(name) for name in constants if constants.is_float(name))
     ops = Counter(n.op_type for n in model.graph.node if n.op_type != "Constant")
-    return Summary(int(params), macs, sum(ops.values()), dict(sorted(ops.items())), file_bytes)
+    total_macs = count_macs(model, input_shapes or {}) if macs else 0
+    return Summary(
+        int(params), total_macs, sum(ops.values()), dict(sorted(ops.items())), file_bytes
+    )
 
 
-def with_input_shapes(
-    model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]
-) -> onnx.ModelProto:
-    """A copy of `model` whose graph inputs named in `shapes` have those static shapes."""
-    if not shapes:
-        return model
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
-    for value in fixed.graph.input:
-        if value.name in shapes:
+def count_macs(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """Multiply-accumulates of one run at `input_shapes` (see the module docstring), counted on
+    a weightless copy: shapes are all it needs."""
+    skeleton = weightless(model)
+    for value in skeleton.graph.input:
+        if value.name in input_shapes:
             dims = value.type.tensor_type.shape.dim
-            for dim, size in zip(dims, shapes[value.name], strict=True):
+            for dim, size in zip(dims, input_shapes[value.name], strict=True):
                 dim.Clear()
                 dim.dim_value = size
-    return fixed
+    return _macs(GraphIndex.build(infer_shapes(skeleton, in_place=True)))
 
 
 def _macs(index: GraphIndex) -> int:

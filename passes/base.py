@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from graphprune.depgraph import Group
-from graphprune.ops import Role, Space
+from graphprune.ops import Role
 
 
 @dataclass
@@ -55,19 +55,18 @@ SCORED_ROLES = (Role.OUT, Role.IN)
 
 
 def unit_sums(
-    group: Group, constants: Mapping[str, np.ndarray], per_index: Callable[[np.ndarray], np.ndarray]
+    group: Group,
+    constants: Mapping[str, np.ndarray],
+    per_index: Callable[[np.ndarray, tuple[int, ...]], np.ndarray],
 ) -> np.ndarray:
-    """Sum, over every scored constant slice of the group, `per_index(slice values)` into the
-    unit that owns the slice. `per_index` maps an array with the channel axis first to one
-    value per channel."""
+    """Sum, over every scored constant slice of the group, the slice's value into the unit that
+    owns it. `per_index(array, other_axes)` reduces `array` over `other_axes`, leaving one value
+    per index of the channel axis (reducing in place avoids moving a large weight)."""
     totals = np.zeros(group.n_units)
     for space, role in group.roles.items():
         if role in SCORED_ROLES:
-            values = per_index(_channel_first(constants[space.tensor], space))
+            array = constants[space.tensor]
+            others = tuple(a for a in range(array.ndim) if a != space.axis)
+            values = per_index(array, others)
             totals += np.bincount(group.labels[space], weights=values, minlength=group.n_units)
     return totals
-
-
-def _channel_first(array: np.ndarray, space: Space) -> np.ndarray:
-    moved = np.moveaxis(np.asarray(array, dtype=np.float64), space.axis, 0)
-    return moved.reshape(moved.shape[0], -1)

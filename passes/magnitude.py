@@ -23,7 +23,9 @@ class L1Importance(ImportancePass):
     name = "l1"
 
     def score(self, group: Group, context: ScoreContext) -> np.ndarray:
-        return unit_sums(group, context.constants, lambda w: np.abs(w).sum(axis=1))
+        return unit_sums(
+            group, context.constants, lambda w, axes: np.abs(w).sum(axis=axes, dtype=np.float64)
+        )
 
 
 @register
@@ -31,4 +33,6 @@ class L2Importance(ImportancePass):
     name = "l2"
 
     def score(self, group: Group, context: ScoreContext) -> np.ndarray:
-        return unit_sums(group, context.constants, lambda w: np.square(w).sum(axis=1))
+        return unit_sums(
+            group, context.constants, lambda w, axes: np.square(w).sum(axis=axes, dtype=np.float64)
+        )

@@ -7,8 +7,9 @@ For every pruned group, each space keeps the indices whose unit survives:
 Constants in the group are sliced along their axis (np.delete; a constant cut on two axes by two
 groups is cut on both, the cuts commute), the group's fixes rewrite the attributes and shape
 constants that encode sizes (Conv `group`, Split sizes, Reshape/Expand targets, Slice bounds),
-activations shrink by themselves, stale value_info is dropped, and onnx-graphsurgeon removes
-what became unused and re-sorts the graph.
+activations shrink by themselves, stale value_info is dropped, and what became unused (replaced
+shape constants) is deleted in place. No node is added or moved, so the order stays valid; an
+import/export through onnx-graphsurgeon would hold a second copy of every weight for nothing.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from collections.abc import Mapping
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
+from onnx import numpy_helper
 
 from graphprune.depgraph import DepGraph
-from graphprune.edit import ConstantStore
+from graphprune.edit import ConstantStore, copy_structure, remove_unused
 from graphprune.ops import Space
 
 
@@ -29,12 +30,21 @@ def slice_channels(
     model: onnx.ModelProto, dep: DepGraph, removals: Mapping[str, np.ndarray]
 ) -> onnx.ModelProto:
     """A pruned copy of `model` (the model `dep` was built from) without the removed units."""
-    pruned = onnx.ModelProto()
-    pruned.CopyFrom(model)
     removed_indices = _removed_indices(dep, removals)
+    cuts = _cuts(dep, removed_indices)
+    pruned = copy_structure(model)
+    for tensor in model.graph.initializer:  # each weight is written once, sliced or as it was
+        if tensor.name in cuts:
+            value = _cut(numpy_helper.to_array(tensor), cuts[tensor.name])
+            pruned.graph.initializer.append(numpy_helper.from_array(value, tensor.name))
+        else:
+            pruned.graph.initializer.append(tensor)
     if not removed_indices:
         return pruned
     store = ConstantStore(pruned)
+    initializers = {t.name for t in model.graph.initializer}
+    for name in cuts.keys() - initializers:  # weights held by Constant nodes
+        store.set(name, _cut(store.get(name), cuts[name]))
 
     def size(space: Space) -> int:
         return dep.graph.nodes[space]["size"] - len(removed_indices.get(space, ()))
@@ -45,9 +55,9 @@ def slice_channels(
 
     for fix in _fixes(dep, removals):
         fix.apply(pruned, store, size, kept)
-    _slice_constants(store, dep, removed_indices)
     del pruned.graph.value_info[:]
-    return cleanup(pruned)
+    remove_unused(pruned)
+    return pruned
 
 
 def _removed_indices(dep: DepGraph, removals: Mapping[str, np.ndarray]) -> dict[Space, np.ndarray]:
@@ -70,30 +80,18 @@ def _fixes(dep: DepGraph, removals: Mapping[str, np.ndarray]):
                 yield fix
 
 
-def _slice_constants(store: ConstantStore, dep: DepGraph, removed: dict[Space, np.ndarray]) -> None:
+def _cuts(
+    dep: DepGraph, removed: dict[Space, np.ndarray]
+) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """Per constant tensor, the (axis, indices) to delete."""
     cuts: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
     for space, indices in removed.items():
         if dep.index.is_constant(space.tensor) and len(indices):
             cuts[space.tensor].append((space.axis, indices))
-    for tensor, tensor_cuts in cuts.items():
-        value = store.get(tensor)
-        for axis, indices in tensor_cuts:
-            value = np.delete(value, indices, axis=axis)
-        store.set(tensor, value)
+    return cuts
 
 
-def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop unused nodes and constants, sort topologically (onnx-graphsurgeon), keep metadata."""
-    graph = gs.import_onnx(model)
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    cleaned = gs.export_onnx(graph, do_type_check=False)
-    cleaned.ir_version = model.ir_version
-    del cleaned.opset_import[:]
-    cleaned.opset_import.extend(model.opset_import)
-    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(cleaned, field, getattr(model, field))
-    del cleaned.metadata_props[:]
-    cleaned.metadata_props.extend(model.metadata_props)
-    del cleaned.functions[:]
-    cleaned.functions.extend(model.functions)
-    return cleaned
+def _cut(value: np.ndarray, cuts: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    for axis, indices in cuts:  # cuts on different axes commute
+        value = np.delete(value, indices, axis=axis)
+    return value
