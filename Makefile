@@ -19,9 +19,9 @@ $(STAMP): pyproject.toml
 # Export a real model (EfficientNet-Lite0, ImageNet weights), prune it, verify it, report.
 demo: $(STAMP)
 	mkdir -p $(OUT)
-	$(BIN)/python -m models.zoo export $(MODEL) --copy-to $(OUT)/$(MODEL).onnx
-	$(BIN)/graphprune inspect $(OUT)/$(MODEL).onnx | head -n 1
-	$(BIN)/graphprune prune $(OUT)/$(MODEL).onnx $(OUT)/$(MODEL).pruned.onnx \
+	model=$$($(BIN)/python -m models.zoo export $(MODEL)) && \
+	$(BIN)/graphprune inspect "$$model" | head -n 1 && \
+	$(BIN)/graphprune prune "$$model" $(OUT)/$(MODEL).pruned.onnx \
 		--ratio $(RATIO) --plan-out $(OUT)/$(MODEL).plan.json
 
 test: $(STAMP)
