@@ -267,3 +267,18 @@ def test_console_script_runs(cnn_path, tmp_path):
         check=False,
     )
     assert done.returncode == 0 and "groups" in done.stdout
+
+
+def test_symbolic_batch_stays_symbolic_and_runs_at_other_batch_sizes(tmp_path):
+    made = small_cnn()
+    for value in [*made.graph.input, *made.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    source, out = tmp_path / "dyn.onnx", tmp_path / "dyn.pruned.onnx"
+    onnx.save(made, source)
+    assert main(["prune", str(source), str(out), "--providers", "cpu"]) == 0
+    pruned = onnx.load(out)
+    for value in [*pruned.graph.input, *pruned.graph.output]:
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
+        assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    outputs = run(pruned, random_inputs(pruned, shapes={"x": (3, 3, 8, 8)}))
+    assert outputs["y"].shape == (3, 5)

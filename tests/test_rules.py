@@ -642,3 +642,46 @@ def test_shared_constant_identity_is_untied_before_analysis():
     _, dep = analyze(made)
     assert group_with(dep, "a.w", 0) is not group_with(dep, "b.w", 0)
     prune_every_group(made)
+
+
+def test_expand_keeps_channels_and_rewrites_its_target():
+    consts = {"c.w": weight(6, 3, 1, 1), "target": ints(2, 6, 8, 8), "c2.w": weight(4, 6, 1, 1)}
+    nodes = [
+        node("Conv", ["x", "c.w"], ["c"]),
+        node("Expand", ["c", "target"], ["e"]),
+        node("Conv", ["e", "c2.w"], ["y"]),
+    ]
+    made = model(nodes, X, ["y"], consts)
+    _, dep = analyze(made)
+    assert ("e", 1) in members(group_with(dep, "c.w", 0))
+    pruned, _, _ = prune_every_group(made)
+    target = next(n.input[1] for n in pruned.graph.node if n.op_type == "Expand")
+    assert initializer(pruned, target).tolist() == [2, 3, 8, 8]
+
+
+def test_shape_of_a_channel_tensor_blocks_it():
+    consts = {"c.w": weight(6, 3, 1, 1), "c2.w": weight(4, 6, 1, 1)}
+    nodes = [
+        node("Conv", ["x", "c.w"], ["c"]),
+        node("Shape", ["c"], ["s"]),
+        node("Reshape", ["c", "s"], ["r"]),
+        node("Conv", ["r", "c2.w"], ["y"]),
+    ]
+    made = model(nodes, X, ["y"], consts)
+    made.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"  # keep Shape dynamic
+    _, dep = analyze(made)
+    group = group_with(dep, "c.w", 0)
+    assert not group.prunable and any("Shape" in r and "sizes" in r for r in group.blocked)
+
+
+def test_reduce_mean_with_axes_attribute_before_opset_18():
+    consts = {"c.w": weight(6, 3, 1, 1), "g.w": weight(6, 4)}
+    nodes = [
+        node("Conv", ["x", "c.w"], ["c"]),
+        node("ReduceMean", ["c"], ["m"], axes=[2, 3], keepdims=0),
+        node("MatMul", ["m", "g.w"], ["y"]),
+    ]
+    made = model(nodes, X, ["y"], consts, opset=13)
+    _, dep = analyze(made)
+    assert ("g.w", 0) in members(group_with(dep, "c.w", 0))
+    prune_every_group(made)
