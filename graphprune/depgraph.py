@@ -58,15 +58,9 @@ class Group:
 
     def first_anchor_index(self, units: np.ndarray) -> np.ndarray:
         """For each unit, its first index in the anchor space."""
-        labels = self.labels[self.anchor]
-        return np.array([int(np.flatnonzero(labels == u)[0]) for u in units], dtype=np.int64)
-
-    def params(self, index: GraphIndex) -> int:
-        """Constant elements in the group's slices (a constant sliced on two axes counts twice)."""
-        total = 0
-        for space in self.roles:
-            total += int(np.prod(index.shapes[space.tensor]))
-        return total
+        # units are numbered by first appearance along the anchor, so `first` is indexed by unit
+        _, first = np.unique(self.labels[self.anchor], return_index=True)
+        return first[np.asarray(units, dtype=np.int64)]
 
 
 @dataclass

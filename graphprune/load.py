@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
 
 from graphprune.edit import copy_structure
 from graphprune.errors import BadInput
@@ -158,22 +157,31 @@ def _missing_shapes(model: onnx.ModelProto) -> bool:
 
 
 def tensor_nbytes(model: onnx.ModelProto) -> int:
-    """Bytes held by initializers and Constant-node tensors."""
-    total = sum(len(t.raw_data) or numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    total += len(attr.t.raw_data)
-    return total
+    """Bytes held by initializers and Constant-node tensors, from their shapes and types
+    (reading `raw_data` would copy every weight)."""
+    tensors = list(model.graph.initializer)
+    tensors += [
+        a.t
+        for n in model.graph.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value"
+    ]
+    return sum(_nbytes(t) for t in tensors)
 
 
-def save(model: onnx.ModelProto, path: str | os.PathLike) -> int:
+def _nbytes(tensor: onnx.TensorProto) -> int:
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike, check: bool = False) -> int:
     """Write `model` atomically: into a temporary folder beside `path`, then renamed into place.
 
     Models too large for one protobuf get their weights in `<name>.data` beside the model;
     the data file is moved first and the model last, so a reader never sees a model whose data
-    is missing. Returns the bytes written.
+    is missing. With `check`, onnx's full checker (strict shape inference included) reads the
+    temporary file first, so an invalid model never reaches `path`. Returns the bytes written.
     """
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,9 +201,12 @@ def save(model: onnx.ModelProto, path: str | os.PathLike) -> int:
                 location=data_name,
                 size_threshold=1024,
             )
-            written += _move_if_present(Path(tmp) / data_name, path.parent / data_name)
         else:
             onnx.save_model(model, str(tmp_model))
+        if check:
+            onnx.checker.check_model(str(tmp_model), full_check=True)
+        if external:
+            written += _move_if_present(Path(tmp) / data_name, path.parent / data_name)
         written += _move_if_present(tmp_model, path)
     return written
 

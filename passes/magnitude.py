@@ -33,6 +33,11 @@ class L2Importance(ImportancePass):
     name = "l2"
 
     def score(self, group: Group, context: ScoreContext) -> np.ndarray:
-        return unit_sums(
-            group, context.constants, lambda w, axes: np.square(w).sum(axis=axes, dtype=np.float64)
-        )
+        return unit_sums(group, context.constants, _sum_of_squares)
+
+
+def _sum_of_squares(w: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """sum w^2 over `axes` as a contraction: no squared temporary, float64 result."""
+    letters = "abcdefghijklmnopqrstuvwxyz"[: w.ndim]
+    kept = "".join(c for a, c in enumerate(letters) if a not in axes)
+    return np.einsum(f"{letters},{letters}->{kept}", w, w).astype(np.float64)

@@ -93,5 +93,7 @@ def _cuts(
 
 def _cut(value: np.ndarray, cuts: list[tuple[int, np.ndarray]]) -> np.ndarray:
     for axis, indices in cuts:  # cuts on different axes commute
-        value = np.delete(value, indices, axis=axis)
+        keep = np.ones(value.shape[axis], dtype=bool)
+        keep[indices] = False
+        value = np.compress(keep, value, axis=axis)
     return value
