@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from dataclasses import asdict
 
+from graphprune import progress
 from graphprune.errors import BadInput, GraphpruneError
 
 EXIT_OK, EXIT_VERIFY, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
@@ -21,6 +22,7 @@ EXIT_OK, EXIT_VERIFY, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    progress.enable(not (args.quiet or args.json))
     try:
         return args.run(args)
     except GraphpruneError as err:
@@ -69,13 +71,53 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--plan", help="replay a saved plan instead of scoring")
     prune.add_argument("--plan-out", help="save the plan as JSON")
     prune.add_argument("--no-verify", action="store_true", help="skip the onnxruntime oracle")
-    prune.add_argument(
+    _add_providers(prune, "execution providers for verification")
+    _add_shapes(prune)
+    prune.add_argument("--seed", type=int, default=0)
+    _add_output_options(prune)
+    prune.set_defaults(run=_run_prune)
+
+    inspect = commands.add_parser("inspect", help="list groups, prunable share and barriers")
+    inspect.add_argument("input", help="ONNX model")
+    _add_output_options(inspect)
+    inspect.set_defaults(run=_run_inspect)
+
+    verify = commands.add_parser("verify", help="run two models on the same inputs and compare")
+    verify.add_argument("a", help="reference model")
+    verify.add_argument("b", help="model to check against it")
+    _add_providers(verify, "execution providers to compare on")
+    verify.add_argument("--inputs", help=".npz of inputs keyed by input name (default: random)")
+    _add_shapes(verify)
+    verify.add_argument("--rtol", type=float, help="default 1e-4 (fp16 models: 1e-2)")
+    verify.add_argument("--atol", type=float, help="default 1e-5 (fp16 models: 1e-3)")
+    verify.add_argument("--seed", type=int, default=0)
+    _add_output_options(verify)
+    verify.set_defaults(run=_run_verify)
+
+    bench = commands.add_parser("bench", help="latency, throughput and memory of a model")
+    bench.add_argument("model", help="ONNX model")
+    _add_providers(bench, "execution providers to time on", default=("cpu",))
+    bench.add_argument("--batch", type=_positive_int, help="batch size (dynamic batch only)")
+    _add_shapes(bench)
+    bench.add_argument("--warmup", type=_positive_int, default=10)
+    bench.add_argument("--runs", type=_positive_int, default=50)
+    bench.add_argument("--threads", type=int, default=0, help="intra-op threads (0: default)")
+    _add_output_options(bench)
+    bench.set_defaults(run=_run_bench)
+    return parser
+
+
+def _add_providers(parser, what: str, default: tuple[str, ...] = ("cpu", "cuda")) -> None:
+    parser.add_argument(
         "--providers",
         type=_providers,
-        default=("cpu", "cuda"),
-        help="execution providers for verification (default cpu,cuda)",
+        default=default,
+        help=f"{what} (default {','.join(default)})",
     )
-    prune.add_argument(
+
+
+def _add_shapes(parser) -> None:
+    parser.add_argument(
         "--shape",
         action="append",
         type=_shape,
@@ -83,15 +125,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME:D0xD1x...",
         help="input shape for dynamic dimensions",
     )
-    prune.add_argument("--seed", type=int, default=0)
-    prune.add_argument("--json", action="store_true", help="print one JSON document")
-    prune.set_defaults(run=_run_prune)
 
-    inspect = commands.add_parser("inspect", help="list groups, prunable share and barriers")
-    inspect.add_argument("input", help="ONNX model")
-    inspect.add_argument("--json", action="store_true", help="print one JSON document")
-    inspect.set_defaults(run=_run_inspect)
-    return parser
+
+def _add_output_options(parser) -> None:
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document on stdout and nothing else there",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 # -- argument types ------------------------------------------------------------------------
@@ -218,6 +260,39 @@ def _run_inspect(args: argparse.Namespace) -> int:
             "ops without a rule (barriers): "
             + ", ".join(f"{op} x{n}" for op, n in report["barriers"].items())
         )
+    return EXIT_OK
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from graphprune.verify import load_inputs, verify
+
+    inputs = load_inputs(args.inputs) if args.inputs else None
+    report = verify(
+        args.a, args.b, args.providers, inputs, dict(args.shape), args.rtol, args.atol, args.seed
+    )
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=1))
+    else:
+        print("\n".join(report.lines()))
+    return EXIT_OK if report.passed else EXIT_VERIFY
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from graphprune.bench import bench
+
+    results = [
+        bench(
+            args.model, provider, dict(args.shape), args.batch, args.warmup, args.runs, args.threads
+        )
+        for provider in args.providers
+    ]
+    if args.json:
+        print(
+            json.dumps({"model": args.model, "results": [r.as_dict() for r in results]}, indent=1)
+        )
+    else:
+        for result in results:
+            print(result.line())
     return EXIT_OK
 
 

@@ -18,6 +18,7 @@ from graphprune.depgraph import DepGraph
 from graphprune.errors import BadInput
 from graphprune.plan import Plan, fingerprint
 from graphprune.prepare import prepare
+from graphprune.progress import progress
 from graphprune.report import Summary, count_macs, summarize
 from graphprune.verify import ATOL, RTOL, Check, oracle, random_inputs
 
@@ -61,7 +62,8 @@ def score(analysis: Analysis, criterion: str, seed: int = 0) -> dict[str, np.nda
 
     scorer = importance(criterion)
     context = ScoreContext(constants=analysis.dep.index.constants, seed=seed)
-    return {g.id: scorer.score(g, context) for g in analysis.dep.groups if g.prunable}
+    prunable = [g for g in analysis.dep.groups if g.prunable]
+    return {g.id: scorer.score(g, context) for g in progress(prunable, f"scoring ({criterion})")}
 
 
 def prune(

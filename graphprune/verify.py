@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,9 @@ import onnxruntime as ort
 from graphprune import load as loading
 from graphprune.depgraph import DepGraph
 from graphprune.edit import ConstantStore
+from graphprune.errors import BadInput
 from graphprune.ops import Role
+from graphprune.progress import progress
 
 RTOL, ATOL = 1e-4, 1e-5
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -42,6 +44,21 @@ class OutputCheck:
     passed: bool
     scale: float = 0.0  # max |reference|: how large the values compared were
     noise: float | None = None  # the reference's own fp32 noise, when it had to be measured
+    cosine: float | None = None  # of the flattened outputs
+    top1: float | None = None  # share of rows (all axes but the last) with the same argmax
+    top5: float | None = None  # share of rows whose reference argmax is in the actual top 5
+
+    def line(self, provider: str) -> str:
+        verdict = "PASSED" if self.passed else "FAILED"
+        extra = "".join(
+            f", {k} {v:.6f}" if k == "cosine" else f", {k} {v:.1%}"
+            for k, v in (("cosine", self.cosine), ("top-1", self.top1), ("top-5", self.top5))
+            if v is not None
+        )
+        return (
+            f"{verdict} | {provider} | output '{self.name}' | max abs {self.max_abs:.2e}, "
+            f"max rel {self.max_rel:.2e}{extra}"
+        )
 
 
 @dataclass
@@ -104,6 +121,7 @@ def session(
     model: onnx.ModelProto,
     provider: str = "cpu",
     optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    threads: int = 0,
 ) -> ort.InferenceSession:
     """An onnxruntime session, created from a temporary file: onnxruntime then reads the weights
     itself, where passing serialized bytes would hold a second copy of them (100 MB more for
@@ -111,6 +129,7 @@ def session(
     options = ort.SessionOptions()
     options.graph_optimization_level = optimization
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads  # 0: onnxruntime's default (one per core)
     providers: list = [PROVIDERS[provider]]
     if provider == "cuda":
         # fp32 parity: TF32 would round matmul inputs to 10 mantissa bits
@@ -158,8 +177,28 @@ def compare(
         max_rel = float((diff / np.maximum(np.abs(ref64), 1e-12)).max(initial=0.0))
         scale = float(np.abs(ref64).max(initial=0.0))
         passed = bool(np.all(diff <= atol * max(1.0, scale) + rtol * np.abs(ref64)))
-        checks.append(OutputCheck(name, max_abs, max_rel, passed, scale))
+        check = OutputCheck(name, max_abs, max_rel, passed, scale, cosine=_cosine(ref64, got64))
+        if ref.ndim >= 2 and ref.shape[-1] >= 2 and np.issubdtype(ref.dtype, np.floating):
+            check.top1, check.top5 = _topk_agreement(ref64, got64)
+        checks.append(check)
     return checks
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(np.dot(a.ravel(), b.ravel()) / norms) if norms else float(np.array_equal(a, b))
+
+
+def _topk_agreement(reference: np.ndarray, actual: np.ndarray) -> tuple[float, float | None]:
+    """Classifier and LM outputs: the last axis holds classes, every other axis is a row."""
+    ref = reference.reshape(-1, reference.shape[-1])
+    got = actual.reshape(-1, actual.shape[-1])
+    ref_top1 = ref.argmax(axis=1)
+    top1 = float(np.mean(ref_top1 == got.argmax(axis=1)))
+    if ref.shape[1] < 5:
+        return top1, None
+    got_top5 = np.argpartition(-got, 4, axis=1)[:, :5]  # the 5 largest, in any order
+    return top1, float(np.mean((got_top5 == ref_top1[:, None]).any(axis=1)))
 
 
 def masked_model(
@@ -202,7 +241,7 @@ def oracle(
     With `in_place`, `model` itself is masked (saves a copy when the caller is done with it)."""
     reference_model = masked_model(model, dep, removals, in_place)
     checks = []
-    for provider in providers:
+    for provider in progress(providers, "verifying"):
         check = Check("zero-then-prune oracle", provider)
         if provider == "cuda" and not cuda_available():
             check.skipped = "CUDAExecutionProvider not available (install graphprune[gpu])"
@@ -235,3 +274,96 @@ def _judge_against_noise(
         ref = reference[output.name].astype(np.float64)
         output.noise = max(float(np.abs(r[output.name] - ref).max()) for r in resummed)
         output.passed = output.max_abs <= NOISE_FACTOR * output.noise
+
+
+@dataclass
+class VerifyReport:
+    """`verify`'s result: one Check per provider, plus CPU vs CUDA for model B."""
+
+    a: str
+    b: str
+    rtol: float
+    atol: float
+    input_shapes: dict[str, list[int]]
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def as_dict(self) -> dict:
+        checks = [asdict(c) | {"passed": c.passed} for c in self.checks]
+        return asdict(self) | {"checks": checks, "passed": self.passed}
+
+    def lines(self) -> list[str]:
+        lines = []
+        for check in self.checks:
+            label = f"{check.provider} ({check.what})"
+            if check.skipped:
+                lines.append(f"SKIPPED | {label} | {check.skipped}")
+            lines += [o.line(label) for o in check.outputs]
+        lines.append(
+            f"{'PASSED' if self.passed else 'FAILED'} | {self.a} vs {self.b} "
+            f"(rtol {self.rtol:g}, atol {self.atol:g})"
+        )
+        return lines
+
+
+FP16_RTOL, FP16_ATOL = 1e-2, 1e-3
+
+
+def verify(
+    a: str | Path,
+    b: str | Path,
+    providers: tuple[str, ...] = ("cpu", "cuda"),
+    inputs: Mapping[str, np.ndarray] | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int = 0,
+) -> VerifyReport:
+    """Run models `a` and `b` on each provider with the same inputs and compare every output;
+    with both providers available, also `b` on CPU against `b` on CUDA. fp16 models default to
+    rtol 1e-2, atol 1e-3 (fp32: 1e-4, 1e-5)."""
+    model_a, model_b = loading.load(a), loading.load(b)
+    feeds = dict(inputs) if inputs is not None else random_inputs(model_a, seed, input_shapes)
+    _check_feeds(model_a, feeds, a)
+    _check_feeds(model_b, feeds, b)
+    half = _has_fp16_outputs(model_a) or _has_fp16_outputs(model_b)
+    rtol = rtol if rtol is not None else (FP16_RTOL if half else RTOL)
+    atol = atol if atol is not None else (FP16_ATOL if half else ATOL)
+    report = VerifyReport(str(a), str(b), rtol, atol, {k: list(v.shape) for k, v in feeds.items()})
+    outputs_b: dict[str, dict[str, np.ndarray]] = {}
+    for provider in providers:
+        check = Check("A vs B", provider)
+        if provider == "cuda" and not cuda_available():
+            check.skipped = "CUDAExecutionProvider not available (install graphprune[gpu])"
+        else:
+            outputs_b[provider] = run(model_b, feeds, provider)
+            check.outputs = compare(run(model_a, feeds, provider), outputs_b[provider], rtol, atol)
+        report.checks.append(check)
+    if {"cpu", "cuda"} <= outputs_b.keys():
+        cross = Check("B on CPU vs B on CUDA", "cpu-vs-cuda")
+        cross.outputs = compare(outputs_b["cpu"], outputs_b["cuda"], rtol, atol)
+        report.checks.append(cross)
+    return report
+
+
+def load_inputs(path: str | Path) -> dict[str, np.ndarray]:
+    """Inputs from an .npz file whose keys are the model's input names."""
+    try:
+        with np.load(path) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError) as err:
+        raise BadInput(f"cannot read inputs from {path}: {err}") from None
+
+
+def _check_feeds(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], path) -> None:
+    initializers = {t.name for t in model.graph.initializer}
+    wanted = {v.name for v in model.graph.input} - initializers
+    if missing := sorted(wanted - feeds.keys()):
+        raise BadInput(f"{path} needs inputs {missing} that were not given")
+
+
+def _has_fp16_outputs(model: onnx.ModelProto) -> bool:
+    return any(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for o in model.graph.output)
