@@ -24,6 +24,7 @@ from onnx import numpy_helper
 from graphprune.depgraph import DepGraph
 from graphprune.edit import ConstantStore, copy_structure, remove_unused
 from graphprune.ops import Space
+from graphprune.progress import progress
 
 
 def slice_channels(
@@ -33,7 +34,8 @@ def slice_channels(
     removed_indices = _removed_indices(dep, removals)
     cuts = _cuts(dep, removed_indices)
     pruned = copy_structure(model)
-    for tensor in model.graph.initializer:  # each weight is written once, sliced or as it was
+    tensors = progress(model.graph.initializer, "rewriting", len(model.graph.initializer))
+    for tensor in tensors:  # each weight is written once, sliced or as it was
         if tensor.name in cuts:
             value = _cut(numpy_helper.to_array(tensor), cuts[tensor.name])
             pruned.graph.initializer.append(numpy_helper.from_array(value, tensor.name))
