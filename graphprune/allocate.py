@@ -20,6 +20,18 @@ import numpy as np
 from graphprune.depgraph import Group
 
 ALLOCATIONS = ("uniform", "global")
+# scope names (the CLI's --scope) -> group kinds; every scope here is exact under the oracle
+SCOPES = {"channels": ("channel",), "mlp": ("channel",), "heads": ("head", "kv-group")}
+DEFAULT_SCOPES = ("channels", "heads")
+
+
+def in_scope(groups: list[Group], scopes: tuple[str, ...]) -> list[Group]:
+    """The groups whose kind one of `scopes` covers."""
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        raise ValueError(f"unknown scope {unknown[0]!r} (known: {', '.join(SCOPES)})")
+    kinds = {kind for scope in scopes for kind in SCOPES[scope]}
+    return [g for g in groups if g.kind in kinds]
 
 
 def allocate(

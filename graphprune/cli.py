@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import asdict
 
 from graphprune import progress
+from graphprune.allocate import DEFAULT_SCOPES, SCOPES
 from graphprune.errors import BadInput, GraphpruneError
 
 EXIT_OK, EXIT_VERIFY, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
@@ -65,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--criterion", default="l2", help="importance: l1, l2, random")
     prune.add_argument("--allocation", choices=("uniform", "global"), default="uniform")
+    prune.add_argument(
+        "--scope",
+        type=_scopes,
+        default=DEFAULT_SCOPES,
+        help="what to prune: channels (alias mlp), heads (attention heads and "
+        "GQA/MQA key-value groups); default channels,heads",
+    )
     prune.add_argument(
         "--round-to", type=_positive_int, default=1, help="keep a multiple of N units per group"
     )
@@ -153,6 +161,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _scopes(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip().lower() for s in text.split(",") if s.strip())
+    unknown = [s for s in names if s not in SCOPES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"scopes are {', '.join(SCOPES)}; not {text!r}")
+    return names
+
+
 def _providers(text: str) -> tuple[str, ...]:
     names = tuple(p.strip().lower() for p in text.split(",") if p.strip())
     unknown = [p for p in names if p not in ("cpu", "cuda")]
@@ -190,6 +206,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         ratio=args.ratio,
         criterion=args.criterion,
         allocation=args.allocation,
+        scopes=args.scope,
         round_to=args.round_to,
         plan=plan,
         verify=not args.no_verify,

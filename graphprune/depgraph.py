@@ -75,6 +75,7 @@ class DepGraph:
     roles: dict[Space, Role] = field(default_factory=dict)
     fixes: list[Fix] = field(default_factory=list)
     missing_rules: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    head_spaces: set[Space] = field(default_factory=set)
 
     @classmethod
     def build(cls, model: onnx.ModelProto) -> DepGraph:
@@ -109,6 +110,12 @@ class DepGraph:
 
     def add_block(self, position: int, space: Space, reason: str) -> None:
         self.blocks[space].append(reason)
+
+    def add_tolerated(self, position: int, space: Space) -> None:
+        self.touched[position].add(space)
+
+    def add_head_space(self, space: Space) -> None:
+        self.head_spaces.add(space)
 
     # -- groups -------------------------------------------------------------------------------
     @cached_property
@@ -148,7 +155,16 @@ class DepGraph:
             roles={s: self.roles[s] for s in spaces if s in self.roles},
             fixes=fixes,
             blocked=self._blocked(spaces),
+            kind=self._kind(spaces, sizes),
         )
+
+    def _kind(self, spaces: list[Space], sizes: dict[Space, int]) -> str:
+        """`head` when the group holds attention heads; `kv-group` when head spaces of two
+        sizes meet (GQA/MQA: each key/value head with its query heads); else `channel`."""
+        head_sizes = {sizes[s] for s in spaces if s in self.head_spaces}
+        if not head_sizes:
+            return "channel"
+        return "kv-group" if len(head_sizes) > 1 else "head"
 
     def _blocked(self, spaces: list[Space]) -> list[str]:
         """Reasons the group is not closed (deduplicated, in a stable order)."""

@@ -223,11 +223,22 @@ class RuleContext:
         self._sink.add_link(self.position, a, size_a, b, size_b, pairs)
 
     def role(self, space: Space, role: Role) -> None:
-        if self.index.is_constant(space.tensor):
+        """Only float constants are weights: integer ones are sizes and indices."""
+        constants = self.index.constants
+        if space.tensor in constants and constants.is_float(space.tensor):
             self._sink.add_role(space, role)
 
     def fix(self, fix: Fix) -> None:
         self._sink.add_fix(fix)
+
+    def tolerate(self, space: Space) -> None:
+        """This node's result does not depend on the size of `space` (an axis a Shape does not
+        read): pruning it needs nothing here."""
+        self._sink.add_tolerated(self.position, space)
+
+    def mark_heads(self, space: Space) -> None:
+        """`space` indexes attention heads (the outer part of a [H*D] -> [H, D] split)."""
+        self._sink.add_head_space(space)
 
     def block(self, space: Space, reason: str) -> None:
         self._sink.add_block(self.position, space, f"{self.label}: {reason}")
@@ -640,29 +651,136 @@ def reduce(ctx: RuleContext) -> None:
 
 
 def expand(ctx: RuleContext) -> None:
-    """Expand: axes already at the target size pass through; their shape entries are rewritten."""
-    x, shape_name, y = ctx.input(0), ctx.input(1), ctx.output(0)
-    rx, ry, target = ctx.rank(x), ctx.rank(y), ctx.const(shape_name)
-    if rx is None or ry is None:
+    """Expand: axes already at the target size pass through; their target entries are rewritten
+    (an entry of 1 or -1 keeps the input's size and needs no rewrite)."""
+    x, y = ctx.input(0), ctx.output(0)
+    rx, ry = ctx.rank(x), ctx.rank(y)
+    target_length = ctx.size(ctx.input(1), 0)
+    if rx is None or ry is None or target_length is None:
         return
     for a in range(rx):
         out_axis = a + ry - rx
         if ctx.size(x, a) is None or ctx.size(x, a) != ctx.size(y, out_axis):
             continue
-        entry = out_axis - (ry - len(target)) if target is not None else -1
-        if target is None:
-            ctx.block(Space(x, a), "Expand shape comes from a non-constant subgraph")
+        k = out_axis - (ry - target_length)
+        entry = shape_entry(ctx, 1, k) if k >= 0 else None
+        if k >= 0 and entry is None:
+            ctx.block(Space(x, a), "Expand target entry comes from a non-constant subgraph")
             continue
-        if entry >= 0 and target[entry] not in (1, -1):
-            ctx.fix(ShapeEntryFix(ctx.position, 1, entry, Space(y, out_axis)))
+        if entry is not None and entry.value not in (1, -1):
+            ctx.fix(entry.fix(Space(y, out_axis)))
         ctx.link(Space(x, a), Space(y, out_axis))
 
 
 def shape_reader(ctx: RuleContext) -> None:
-    """Shape/Size read sizes: a pruned size would change the values they produce."""
+    """Shape/Size read sizes: a pruned size would change the values they produce. Only the axes
+    actually read are blocked: Shape's start/end, narrowed further when every reader is a
+    Gather of constant indices (the batch and sequence sizes exporters fetch)."""
     x = ctx.input(0)
-    for a in range(ctx.rank(x) or 0):
-        ctx.block(Space(x, a), f"{ctx.node.op_type} reads this tensor's sizes")
+    rank = ctx.rank(x)
+    if rank is None:
+        return
+    if ctx.node.op_type == "Size":
+        read = set(range(rank))
+    else:
+        start, end = ctx.attr("start", 0), ctx.attr("end", rank)
+        read = set(range(rank)[start:end])
+        read = _gathered(ctx, sorted(read)) or read
+    for a in range(rank):
+        if a in read:
+            ctx.block(Space(x, a), f"{ctx.node.op_type} reads this tensor's size")
+        else:
+            ctx.tolerate(Space(x, a))
+
+
+def _gathered(ctx: RuleContext, axes: list[int]) -> set[int] | None:
+    """The axes picked out of this Shape's output when all its readers are constant Gathers."""
+    picked: set[int] = set()
+    for position in ctx.index.consumers.get(ctx.output(0), []):
+        reader = ctx.index.node(position)
+        indices = ctx.const(reader.input[1]) if reader.op_type == "Gather" else None
+        if indices is None:
+            return None
+        picked.update(axes[int(i)] for i in np.asarray(indices).reshape(-1))
+    return picked
+
+
+# ---------------------------------------------------------------------------------------------
+# Size vectors (Reshape/Expand targets): which constant holds entry k
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShapeEntry:
+    """Entry `entry` of the constant at input `input_index` of node `node` holds `value`."""
+
+    node: int
+    input_index: int
+    entry: int
+    value: int
+
+    def fix(self, space: Space) -> ShapeEntryFix:
+        return ShapeEntryFix(self.node, self.input_index, self.entry, space)
+
+
+def shape_entry(ctx: RuleContext, input_index: int, k: int) -> ShapeEntry | None:
+    """Where entry k of the size vector at `input_index` of this node lives: in a constant given
+    directly, or in a constant piece of the `Concat` that builds it at run time (exporters
+    concatenate `Shape`-derived batch and sequence sizes with literal head counts), reached
+    through ops that keep entry k where it is (see `_same_entries`)."""
+    holder, index_in_holder = ctx.position, input_index
+    name = ctx.input(input_index)
+    while True:
+        value = ctx.const(name)
+        if value is not None:
+            return ShapeEntry(holder, index_in_holder, k, int(value.reshape(-1)[k]))
+        producer = ctx.index.producer.get(name)
+        if producer is None:
+            return None
+        node = ctx.index.node(producer)
+        if node.op_type == "Concat" and node.domain in ("", "ai.onnx"):
+            piece = _concat_piece(ctx, node, k)
+            if piece is None:
+                return None
+            index_in_holder, k = piece
+            holder, name = producer, node.input[index_in_holder]
+            continue
+        source = _same_entries(ctx, node, name)
+        if source is None:
+            return None
+        holder, index_in_holder, name = producer, list(node.input).index(source), source
+
+
+def _concat_piece(ctx: RuleContext, concat: onnx.NodeProto, k: int) -> tuple[int, int] | None:
+    """(input index, offset inside it) of entry k of a Concat of 1-D vectors."""
+    offset = 0
+    for piece_index, piece in enumerate(concat.input):
+        length = ctx.index.static_size(piece, 0) if ctx.index.rank(piece) == 1 else None
+        if length is None:
+            return None
+        if offset <= k < offset + length:
+            return piece_index, k - offset
+        offset += length
+    return None
+
+
+def _same_entries(ctx: RuleContext, node: onnx.NodeProto, output: str) -> str | None:
+    """The input whose entry k is this 1-D output's entry k, for ops that move no entry:
+    Identity, Cast, and Reshape/Squeeze/Unsqueeze keeping the vector's length; and TorchScript's
+    `Where(Equal(t, -1), ones, t)` (expand's -1 handling), whose entry is t's wherever t's is not
+    -1: the entries edited here are sizes, never -1."""
+    if node.domain not in ("", "ai.onnx") or ctx.index.rank(output) != 1:
+        return None
+    if node.op_type in ("Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze"):
+        source = node.input[0]
+        same_length = ctx.index.static_size(source, 0) == ctx.index.static_size(output, 0)
+        return source if ctx.index.rank(source) == 1 and same_length else None
+    if node.op_type == "Where":
+        condition = ctx.index.producer.get(node.input[0])
+        test = ctx.index.node(condition) if condition is not None else None
+        if test is not None and test.op_type == "Equal" and node.input[2] in test.input:
+            return node.input[2]
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -670,35 +788,47 @@ def shape_reader(ctx: RuleContext) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def reshape_segments(src: tuple[int, ...], dst: tuple[int, ...]):
-    """Pair runs of axes with equal products: [(src_axes, dst_axes), ...], or None."""
+def reshape_segments(src: tuple, dst: tuple) -> list[tuple[list[int], list[int]]] | None:
+    """Pair runs of axes with equal products: [(src_axes, dst_axes), ...], or None.
+
+    Dimensions may be symbolic (exported batch and sequence): a symbol pairs with the same
+    symbol on the other side, one to one; static runs between symbols factorize as usual.
+    """
+    if any(d is None for d in (*src, *dst)):
+        return None
     segments, i, j = [], 0, 0
     while i < len(src) or j < len(dst):
+        if i < len(src) and j < len(dst) and isinstance(src[i], str) and src[i] == dst[j]:
+            segments.append(([i], [j]))
+            i, j = i + 1, j + 1
+            continue
         start_i, start_j, p, q = i, j, 1, 1
-        if i < len(src):
+        if i < len(src) and isinstance(src[i], int):
             p, i = src[i], i + 1
-        if j < len(dst):
+        if j < len(dst) and isinstance(dst[j], int):
             q, j = dst[j], j + 1
         while p != q:
-            if p < q and i < len(src):
+            if p < q and i < len(src) and isinstance(src[i], int):
                 p, i = p * src[i], i + 1
-            elif q < p and j < len(dst):
+            elif q < p and j < len(dst) and isinstance(dst[j], int):
                 q, j = q * dst[j], j + 1
             else:
                 return None
+        if (start_i, start_j) == (i, j):
+            return None  # a symbol with no partner
         segments.append((list(range(start_i, i)), list(range(start_j, j))))
     return segments
 
 
-def link_reshape(ctx: RuleContext, x: str, y: str, inner_split: bool = False) -> list[int]:
+def link_reshape(ctx: RuleContext, x: str, y: str, shuffle_check: bool = False) -> list[int]:
     """Link x's axes to y's through a reshape; return the output axes that carry channels.
 
     Merge [C, H, W] -> [C*H*W]: channel c is the block [c*HW, (c+1)*HW) (the leading non-unit
     axis; the others are merged behind it and blocked). Split [H*D] -> [H, D]: index i belongs
-    to outer index i // D (heads), or with `inner_split` to i % D (channel shuffle, where the
-    split is followed by a transpose of the two parts).
+    to outer index i // D (heads), or, when `shuffle_check` finds the two parts swapped by the
+    next Transpose (channel shuffle), to i % D.
     """
-    src, dst = ctx.shape(x), ctx.shape(y)
+    src, dst = ctx.index.shapes.get(x), ctx.index.shapes.get(y)
     if src is None or dst is None:
         return []
     segments = reshape_segments(src, dst)
@@ -706,8 +836,8 @@ def link_reshape(ctx: RuleContext, x: str, y: str, inner_split: bool = False) ->
         return []
     carried = []
     for src_axes, dst_axes in segments:
-        big_src = [a for a in src_axes if src[a] > 1]
-        big_dst = [a for a in dst_axes if dst[a] > 1]
+        big_src = [a for a in src_axes if isinstance(src[a], int) and src[a] > 1]
+        big_dst = [a for a in dst_axes if isinstance(dst[a], int) and dst[a] > 1]
         if not big_src or not big_dst:
             continue
         lead, rest = big_src[0], big_src[1:]
@@ -717,7 +847,7 @@ def link_reshape(ctx: RuleContext, x: str, y: str, inner_split: bool = False) ->
             carried.append(big_dst[0])
             for a in rest:
                 ctx.block(Space(x, a), "Reshape merges this axis behind another")
-        elif len(big_src) == 1 and len(big_dst) == 2 and inner_split:
+        elif len(big_src) == 1 and len(big_dst) == 2 and shuffle_check and _swaps(ctx, big_dst):
             inner = dst[big_dst[1]]
             i = np.arange(src[lead])
             ctx.link(Space(x, lead), Space(y, big_dst[1]), (i, i % inner))
@@ -726,6 +856,7 @@ def link_reshape(ctx: RuleContext, x: str, y: str, inner_split: bool = False) ->
             inner = prod(dst[a] for a in big_dst[1:])
             i = np.arange(src[lead])
             ctx.link(Space(x, lead), Space(y, big_dst[0]), (i, i // inner))
+            ctx.mark_heads(Space(y, big_dst[0]))
             carried.append(big_dst[0])
         else:
             for a in big_src:
@@ -733,29 +864,29 @@ def link_reshape(ctx: RuleContext, x: str, y: str, inner_split: bool = False) ->
     return carried
 
 
-def _is_shuffle_split(ctx: RuleContext) -> bool:
-    """The split is followed by a Transpose that swaps its two parts (channel shuffle)."""
-    y = ctx.output(0)
-    users = ctx.index.consumers.get(y, [])
+def _swaps(ctx: RuleContext, parts: list[int]) -> bool:
+    """The output goes to one Transpose that exchanges exactly the two split parts (a channel
+    shuffle), not some other pair of axes (attention's [B, S, H, D] -> [B, H, S, D])."""
+    users = ctx.index.consumers.get(ctx.output(0), [])
     if len(users) != 1 or ctx.index.node(users[0]).op_type != "Transpose":
         return False
     perm = attribute(ctx.index.node(users[0]), "perm") or []
-    swapped = [a for a, p in enumerate(perm) if a != p]
-    return len(swapped) == 2 and swapped[1] == swapped[0] + 1
+    moved = [a for a, p in enumerate(perm) if a != p]
+    return moved == sorted(parts) and perm[parts[0]] == parts[1]
 
 
 def reshape(ctx: RuleContext) -> None:
     """Reshape: see `link_reshape`; target entries of carried axes are rewritten (0 and -1 stay,
     since they follow the input)."""
-    x, shape_name, y = ctx.input(0), ctx.input(1), ctx.output(0)
-    carried = link_reshape(ctx, x, y, inner_split=_is_shuffle_split(ctx))
-    target = ctx.const(shape_name)
+    x, y = ctx.input(0), ctx.output(0)
+    carried = link_reshape(ctx, x, y, shuffle_check=True)
     for axis in carried:
-        if target is None:
-            ctx.block(Space(y, axis), "Reshape shape comes from a non-constant subgraph")
-        elif target[axis] > 0:
-            ctx.fix(ShapeEntryFix(ctx.position, 1, axis, Space(y, axis)))
-        elif target[axis] == 0 and ctx.size(x, axis) != ctx.size(y, axis):
+        entry = shape_entry(ctx, 1, axis)
+        if entry is None:
+            ctx.block(Space(y, axis), "Reshape target entry comes from a non-constant subgraph")
+        elif entry.value > 0:
+            ctx.fix(entry.fix(Space(y, axis)))
+        elif entry.value == 0 and ctx.size(x, axis) != ctx.size(y, axis):
             ctx.block(Space(y, axis), "Reshape copies (0) a dimension that changes meaning")
 
 

@@ -13,11 +13,11 @@ import numpy as np
 import onnx
 
 from graphprune import load as loading
-from graphprune.allocate import allocate
+from graphprune.allocate import DEFAULT_SCOPES, allocate, in_scope
 from graphprune.depgraph import DepGraph
 from graphprune.errors import BadInput
 from graphprune.plan import Plan, fingerprint
-from graphprune.prepare import prepare
+from graphprune.prepare import prepare, refine_expand_shapes
 from graphprune.progress import progress
 from graphprune.report import Summary, count_macs, summarize
 from graphprune.verify import ATOL, RTOL, Check, oracle, random_inputs
@@ -54,6 +54,7 @@ def analyze(source: str | Path) -> Analysis:
     model, disk_bytes = loading.load_sized(source)
     counted, graph_hash = summarize(model, disk_bytes, macs=False), fingerprint(model)
     work = loading.infer_shapes(prepare(model, in_place=True), in_place=True)
+    refine_expand_shapes(work)
     return Analysis(work, DepGraph.build(work), graph_hash, counted)
 
 
@@ -72,6 +73,7 @@ def prune(
     ratio: float = 0.5,
     criterion: str = "l2",
     allocation: str = "uniform",
+    scopes: tuple[str, ...] = DEFAULT_SCOPES,
     round_to: int = 1,
     plan: Plan | None = None,
     verify: bool = True,
@@ -106,7 +108,8 @@ def prune(
     else:
         scores = score(analysis, criterion, seed)
         lap("score")
-        removals = allocate(analysis.dep.groups, scores, ratio, allocation, round_to)
+        groups = in_scope(analysis.dep.groups, scopes)
+        removals = allocate(groups, scores, ratio, allocation, round_to)
         plan = Plan.from_removals(
             analysis.dep, removals, analysis.fingerprint, criterion, ratio, allocation
         )

@@ -148,3 +148,39 @@ def _single_node_model(node: onnx.NodeProto, opset: int) -> onnx.ModelProto:
     outputs = [onnx.helper.make_empty_tensor_value_info(name) for name in node.output]
     graph = onnx.helper.make_graph([node], "fold", inputs, outputs)
     return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+
+
+def refine_expand_shapes(model: onnx.ModelProto) -> None:
+    """Give Expand outputs the sizes inference missed, in place.
+
+    Inference cannot see through TorchScript's `Where(Equal(t, -1), 1, t)` expand targets and
+    names those output dims `unk__N`; the following reshape then cannot be factorized. Each
+    output dim is the input's where that is not 1, else the target entry, which `shape_entry`
+    reads from the literal it comes from.
+    """
+    from graphprune.ops import RuleContext, shape_entry
+
+    index = GraphIndex.build(model)
+    refined = {}
+    for position, node in enumerate(model.graph.node):
+        if node.op_type != "Expand" or node.domain not in ("", "ai.onnx"):
+            continue
+        source, output = index.shapes.get(node.input[0]), index.shapes.get(node.output[0])
+        if source is None or output is None or len(source) != len(output):
+            continue
+        ctx = RuleContext(index, position, sink=None)
+        dims = []
+        for k, dim in enumerate(source):
+            entry = shape_entry(ctx, 1, k) if dim == 1 else None
+            dims.append(dim if dim != 1 else (entry.value if entry and entry.value > 0 else 1))
+        refined[node.output[0]] = dims
+    for value in model.graph.value_info:
+        if value.name in refined:
+            for dim, size in zip(
+                value.type.tensor_type.shape.dim, refined[value.name], strict=True
+            ):
+                dim.Clear()
+                if isinstance(size, int):
+                    dim.dim_value = size
+                else:
+                    dim.dim_param = size

@@ -1,0 +1,157 @@
+"""Attention as the torch exporters emit it: heads and GQA key/value groups found, pruned exactly,
+shape constants rewritten wherever they live, and dynamic batch/sequence kept dynamic.
+
+The block is written like HF attention (view -> transpose, QK^T / sqrt(d) -> softmax -> @V,
+repeat_kv by expand + reshape) so both exporters produce their usual patterns: TorchScript builds
+every target as Concat(Unsqueeze(Gather(Shape)), [heads], [head_dim]) and spells expand's -1 as
+Where(Equal(t, -1), 1, t); dynamo shares one target Concat between q/k/v and deduplicates equal
+constants across unrelated uses (the KV count, the repeat factor and an Unsqueeze axis).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from graphprune.cli import main
+from graphprune.pipeline import analyze, prune
+from graphprune.verify import run
+
+torch = pytest.importorskip("torch")
+
+HIDDEN, HEADS, HEAD_DIM = 64, 4, 16
+
+
+class Block(torch.nn.Module):
+    def __init__(self, kv_heads: int):
+        super().__init__()
+        self.kv = kv_heads
+        self.q = torch.nn.Linear(HIDDEN, HEADS * HEAD_DIM)
+        self.k = torch.nn.Linear(HIDDEN, kv_heads * HEAD_DIM)
+        self.v = torch.nn.Linear(HIDDEN, kv_heads * HEAD_DIM)
+        self.o = torch.nn.Linear(HEADS * HEAD_DIM, HIDDEN)
+        self.norm = torch.nn.LayerNorm(HIDDEN)
+        self.up = torch.nn.Linear(HIDDEN, 4 * HIDDEN)
+        self.down = torch.nn.Linear(4 * HIDDEN, HIDDEN)
+
+    def split(self, x, heads: int):
+        batch, seq, _ = x.shape
+        return x.view(batch, seq, heads, HEAD_DIM).transpose(1, 2)
+
+    def repeat_kv(self, x):
+        if self.kv == HEADS:
+            return x
+        batch, _, seq, _ = x.shape
+        group = HEADS // self.kv
+        x = x[:, :, None].expand(batch, self.kv, group, seq, HEAD_DIM)
+        return x.reshape(batch, HEADS, seq, HEAD_DIM)
+
+    def forward(self, x):
+        batch, seq, _ = x.shape
+        q = self.split(self.q(x), HEADS)
+        k = self.repeat_kv(self.split(self.k(x), self.kv))
+        v = self.repeat_kv(self.split(self.v(x), self.kv))
+        scores = torch.softmax(q @ k.transpose(-1, -2) / HEAD_DIM**0.5, dim=-1)
+        x = x + self.o((scores @ v).transpose(1, 2).reshape(batch, seq, HEADS * HEAD_DIM))
+        return x + self.down(torch.relu(self.up(self.norm(x))))
+
+
+def export(path, kv_heads: int, exporter: str) -> None:
+    torch.manual_seed(0)
+    block = Block(kv_heads).eval()
+    x = torch.randn(2, 8, HIDDEN)
+    if exporter == "torchscript":
+        torch.onnx.export(
+            block,
+            (x,),
+            path,
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "b", 1: "s"}},
+        )
+    else:
+        dims = {"x": {0: torch.export.Dim("b"), 1: torch.export.Dim("s")}}
+        torch.onnx.export(
+            block,
+            (x,),
+            path,
+            dynamo=True,
+            opset_version=18,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_shapes=dims,
+            verbose=False,
+        )
+
+
+CASES = [(kv, exporter) for kv in (HEADS, 2) for exporter in ("torchscript", "dynamo")]
+
+
+@pytest.mark.parametrize(
+    ("kv_heads", "exporter"),
+    CASES,
+    ids=[f"{'mha' if kv == HEADS else 'gqa'}-{e}" for kv, e in CASES],
+)
+def test_heads_and_kv_groups_prune_exactly_and_stay_dynamic(kv_heads, exporter, tmp_path):
+    source, out = tmp_path / "block.onnx", tmp_path / "pruned.onnx"
+    export(source, kv_heads, exporter)
+    groups = analyze(source).dep.groups
+    attention = [g for g in groups if g.kind in ("head", "kv-group")]
+    assert len(attention) == 1
+    group = attention[0]
+    assert group.prunable, group.blocked
+    assert group.kind == ("head" if kv_heads == HEADS else "kv-group")
+    assert group.n_units == kv_heads  # MHA: one unit per head; GQA: one per key/value head
+    mlp = [g for g in groups if g.kind == "channel" and g.prunable]
+    assert [g.n_units for g in mlp] == [4 * HIDDEN]  # the hidden size stays (LayerNorm)
+
+    assert (
+        main(
+            [
+                "prune",
+                str(source),
+                str(out),
+                "--ratio",
+                "0.5",
+                "--providers",
+                "cpu",
+                "--shape",
+                "x:2x8x64",
+                "--scope",
+                "heads",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    pruned = onnx.load(out)
+    weights = {t.name: tuple(t.dims) for t in pruned.graph.initializer}
+    q_width = HEADS * HEAD_DIM // 2
+    assert any(dims == (HIDDEN, q_width) for dims in weights.values())  # q projection halved
+    assert any(dims == (q_width, HIDDEN) for dims in weights.values())  # o projection reads it
+    assert any(dims == (HIDDEN, 4 * HIDDEN) for dims in weights.values())  # MLP untouched
+    batch_and_sequence = pruned.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in batch_and_sequence[:2]] == ["b", "s"]
+    outputs = run(
+        pruned, {"x": np.random.default_rng(1).standard_normal((3, 5, HIDDEN), np.float32)}
+    )
+    assert outputs["y"].shape == (3, 5, HIDDEN)
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_heads_and_mlp_together_at_25_and_50_percent(exporter, tmp_path):
+    source = tmp_path / "block.onnx"
+    export(source, 2, exporter)
+    for ratio in (0.25, 0.5):
+        result = prune(
+            source,
+            tmp_path / f"{ratio}.onnx",
+            ratio=ratio,
+            providers=("cpu",),
+            input_shapes={"x": (2, 8, HIDDEN)},
+        )
+        assert result.passed, [c.line() for c in result.checks]
+        assert result.after.params < result.before.params
