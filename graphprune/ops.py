@@ -895,6 +895,146 @@ def flatten(ctx: RuleContext) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# com.microsoft contrib ops (what onnxruntime.transformers.optimizer fuses attention into)
+# ---------------------------------------------------------------------------------------------
+
+
+def _heads_together(ctx: RuleContext, space: Space, head_dim: int) -> None:
+    """The head_dim channels of each head of a [.., H*D] axis go together (no head is split)."""
+    width = ctx.size(space.tensor, space.axis)
+    if width:
+        c = np.arange(width)
+        ctx.link(space, space, (c, c // head_dim * head_dim))
+        ctx.mark_heads(space)
+
+
+def ms_attention(ctx: RuleContext) -> None:
+    """com.microsoft Attention: weights [in, 3*H*D] hold the q | k | v column blocks; head h owns
+    columns h*D .. h*D+D-1 of each block, the same bias entries, and channels h*D .. of the
+    [B, S, H*D] output. Removing a head removes all of them; `num_heads` follows."""
+    x, w, b, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
+    heads, width = ctx.attr("num_heads"), ctx.size(y, 2)
+    if ctx.input(4) or ctx.attr("qkv_hidden_sizes"):
+        ctx.block(Space(y, 2), "Attention with a past cache or qkv_hidden_sizes has no rule")
+        return
+    if not heads or not width:
+        return
+    head_dim = width // heads
+    ctx.link(Space(x, 0), Space(y, 0))
+    ctx.link(Space(x, 1), Space(y, 1))
+    ctx.link(Space(x, 2), Space(w, 0))
+    ctx.role(Space(w, 0), Role.IN)
+    columns = np.arange(3 * width)
+    owner = (columns, (columns % width) // head_dim * head_dim)  # column -> its head's channel
+    ctx.link(Space(w, 1), Space(y, 2), owner)
+    ctx.role(Space(w, 1), Role.OUT)
+    if b:
+        ctx.link(Space(b, 0), Space(y, 2), owner)
+        ctx.role(Space(b, 0), Role.OUT)
+    _heads_together(ctx, Space(y, 2), head_dim)
+    ctx.fix(AttrFix(ctx.position, "num_heads", Space(y, 2), per=head_dim))
+
+
+def ms_multi_head_attention(ctx: RuleContext) -> None:
+    """com.microsoft MultiHeadAttention on separate [B, S, H*D] query, key and value (projected
+    outside): channel c of each is channel c of the output; heads go whole; `num_heads`
+    follows. The optional fused bias is [q | k | v]."""
+    q, k, v, bias = (ctx.input(i) for i in range(4))
+    y = ctx.output(0)
+    heads, width = ctx.attr("num_heads"), ctx.size(q, 2)
+    ranks = {ctx.rank(t) for t in (q, k, v)}
+    if not heads or not width or ranks != {3} or len([o for o in ctx.node.output if o]) > 1:
+        ctx.block(Space(q, 2), "MultiHeadAttention other than 3-D q/k/v without cache")
+        return
+    if ctx.size(y, 2) != width:  # the output's width must follow the query's: it must be known
+        ctx.block(Space(q, 2), "MultiHeadAttention output shape unknown")
+        return
+    for t in (q, k, v):
+        ctx.link(Space(t, 2), Space(y, 2))
+    ctx.link(Space(q, 0), Space(y, 0))
+    ctx.link(Space(q, 1), Space(y, 1))
+    if bias:
+        c = np.arange(3 * width)
+        ctx.link(Space(bias, 0), Space(y, 2), (c, c % width))
+        ctx.role(Space(bias, 0), Role.OUT)
+    _heads_together(ctx, Space(y, 2), width // heads)
+    ctx.fix(AttrFix(ctx.position, "num_heads", Space(y, 2), per=width // heads))
+
+
+def ms_group_query_attention(ctx: RuleContext) -> None:
+    """com.microsoft GroupQueryAttention: query [B, S, H*D], key and value [B, S, KV*D]; query
+    head h reads key/value head h // (H/KV), so a unit is one key/value head with its query
+    heads. `num_heads` and `kv_num_heads` follow. Packed QKV (no key input) has no rule."""
+    q, k, v, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
+    heads, kv_heads, width = ctx.attr("num_heads"), ctx.attr("kv_num_heads"), ctx.size(q, 2)
+    if not (heads and kv_heads and width and k and v):
+        ctx.block(Space(q, 2), "GroupQueryAttention with packed QKV has no rule")
+        return
+    if ctx.size(y, 2) != width:  # the output's width must follow the query's: it must be known
+        ctx.block(Space(q, 2), "GroupQueryAttention output shape unknown")
+        return
+    head_dim, group = width // heads, heads // kv_heads
+    ctx.link(Space(q, 2), Space(y, 2))
+    ctx.link(Space(k, 2), Space(v, 2))
+    c = np.arange(width)
+    ctx.link(Space(q, 2), Space(k, 2), (c, c // head_dim // group * head_dim))
+    _heads_together(ctx, Space(q, 2), head_dim)
+    _heads_together(ctx, Space(k, 2), head_dim)
+    ctx.link(Space(q, 0), Space(y, 0))
+    ctx.link(Space(q, 1), Space(y, 1))
+    for cache in (ctx.output(1), ctx.output(2)):
+        if cache:  # present key/value [B, KV, S, D]: key/value head i is cache head i
+            ctx.link(
+                Space(k, 2),
+                Space(cache, 1),
+                (np.arange(kv_heads * head_dim), np.arange(kv_heads * head_dim) // head_dim),
+            )
+    ctx.fix(AttrFix(ctx.position, "num_heads", Space(q, 2), per=head_dim))
+    ctx.fix(AttrFix(ctx.position, "kv_num_heads", Space(k, 2), per=head_dim))
+
+
+def ms_rotary_embedding(ctx: RuleContext) -> None:
+    """com.microsoft RotaryEmbedding rotates inside each head: heads pass through whole;
+    `num_heads` (when set, for [B, S, H*D] input) follows."""
+    x, y = ctx.input(0), ctx.output(0)
+    rank, heads = ctx.rank(x), ctx.attr("num_heads", 0)
+    if rank == 4:  # [B, H, S, D]: the head axis passes, D is rotated
+        for a in range(3):
+            ctx.link(Space(x, a), Space(y, a))
+        return
+    if rank != 3 or not heads or not ctx.size(x, 2):
+        return
+    for a in range(3):
+        ctx.link(Space(x, a), Space(y, a))
+    _heads_together(ctx, Space(y, 2), ctx.size(x, 2) // heads)
+    ctx.fix(AttrFix(ctx.position, "num_heads", Space(y, 2), per=ctx.size(x, 2) // heads))
+
+
+def ms_skip_norm(ctx: RuleContext) -> None:
+    """Skip(Simplified)LayerNormalization: input + skip (+ bias), normalized over the last axis
+    (not a channel here, as for LayerNormalization); leading axes pass through."""
+    x = ctx.input(0)
+    rank = ctx.rank(x)
+    if rank is None:
+        return
+    for out in [ctx.input(1), *ctx.node.output]:
+        for axis in range(rank - 1):
+            ctx.link(Space(x, axis), Space(out, axis))
+    ctx.block(Space(x, rank - 1), f"{ctx.node.op_type} normalizes over this axis")
+
+
+def ms_bias_activation(ctx: RuleContext) -> None:
+    """FastGelu / BiasGelu / Gelu / QuickGelu: elementwise, with an optional bias on the last
+    axis."""
+    unary(ctx)
+    x, bias, y = ctx.input(0), ctx.input(1), ctx.output(0)
+    rank = ctx.rank(x)
+    if bias and rank:
+        ctx.link(Space(bias, 0), Space(y, rank - 1))
+        ctx.role(Space(bias, 0), Role.OUT)
+
+
+# ---------------------------------------------------------------------------------------------
 # The table
 # ---------------------------------------------------------------------------------------------
 
@@ -999,6 +1139,8 @@ RULES: dict[str, Rule] = {
     "InstanceNormalization": instance_norm,
     "GroupNormalization": group_norm,
     "LayerNormalization": layer_norm,
+    "SimplifiedLayerNormalization": layer_norm,
+    "RMSNormalization": layer_norm,
     "Softmax": softmax,
     "LogSoftmax": softmax,
     "Hardmax": softmax,
@@ -1023,8 +1165,24 @@ RULES: dict[str, Rule] = {
 }
 
 
+CONTRIB_RULES: dict[str, Rule] = {
+    "Attention": ms_attention,
+    "MultiHeadAttention": ms_multi_head_attention,
+    "GroupQueryAttention": ms_group_query_attention,
+    "RotaryEmbedding": ms_rotary_embedding,
+    "SkipLayerNormalization": ms_skip_norm,
+    "SkipSimplifiedLayerNormalization": ms_skip_norm,
+    "FastGelu": ms_bias_activation,
+    "BiasGelu": ms_bias_activation,
+    "Gelu": ms_bias_activation,
+    "QuickGelu": ms_bias_activation,
+}
+
+
 def rule_for(node: onnx.NodeProto) -> Rule | None:
-    """The rule of a default-domain op; other domains have none (they are barriers)."""
-    if node.domain not in ("", "ai.onnx"):
-        return None
-    return RULES.get(node.op_type)
+    """The rule of an op: default domain or com.microsoft; any other domain is a barrier."""
+    if node.domain in ("", "ai.onnx"):
+        return RULES.get(node.op_type)
+    if node.domain == "com.microsoft":
+        return CONTRIB_RULES.get(node.op_type)
+    return None

@@ -17,7 +17,7 @@ from graphprune.allocate import DEFAULT_SCOPES, allocate, in_scope
 from graphprune.depgraph import DepGraph
 from graphprune.errors import BadInput
 from graphprune.plan import Plan, fingerprint
-from graphprune.prepare import prepare, refine_expand_shapes
+from graphprune.prepare import prepare, refine_shapes
 from graphprune.progress import progress
 from graphprune.report import Summary, count_macs, summarize
 from graphprune.verify import ATOL, RTOL, Check, oracle, random_inputs
@@ -54,7 +54,7 @@ def analyze(source: str | Path) -> Analysis:
     model, disk_bytes = loading.load_sized(source)
     counted, graph_hash = summarize(model, disk_bytes, macs=False), fingerprint(model)
     work = loading.infer_shapes(prepare(model, in_place=True), in_place=True)
-    refine_expand_shapes(work)
+    refine_shapes(work)
     return Analysis(work, DepGraph.build(work), graph_hash, counted)
 
 

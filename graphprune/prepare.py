@@ -150,8 +150,51 @@ def _single_node_model(node: onnx.NodeProto, opset: int) -> onnx.ModelProto:
     return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
 
 
-def refine_expand_shapes(model: onnx.ModelProto) -> None:
-    """Give Expand outputs the sizes inference missed, in place.
+def refine_shapes(model: onnx.ModelProto) -> None:
+    """Give outputs the sizes inference missed, in place (see the two cases below)."""
+    index = GraphIndex.build(model)
+    refined = {**_expand_sizes(model, index), **_fused_attention_sizes(model, index)}
+    known = {v.name for v in model.graph.value_info}
+    for name in refined:
+        if name not in known and name not in index.graph_outputs:
+            model.graph.value_info.append(
+                onnx.helper.make_tensor_value_info(
+                    name, index.dtypes.get(name, onnx.TensorProto.FLOAT), None
+                )
+            )
+    for value in model.graph.value_info:
+        if value.name in refined:
+            _set_dims(value, refined[value.name])
+
+
+def _set_dims(value: onnx.ValueInfoProto, dims: list) -> None:
+    shape = value.type.tensor_type.shape
+    shape.Clear()
+    for size in dims:
+        dim = shape.dim.add()
+        if isinstance(size, int):
+            dim.dim_value = size
+        else:
+            dim.dim_param = size
+
+
+def _fused_attention_sizes(model: onnx.ModelProto, index: GraphIndex) -> dict[str, list]:
+    """com.microsoft MultiHeadAttention / GroupQueryAttention output 0 is [B, S, query width]:
+    onnx does not know these ops and onnxruntime's symbolic inference gives up on some graphs."""
+    sizes = {}
+    for node in model.graph.node:
+        if node.domain == "com.microsoft" and node.op_type in (
+            "MultiHeadAttention",
+            "GroupQueryAttention",
+        ):
+            query = index.shapes.get(node.input[0])
+            if query is not None and len(query) == 3 and index.shapes.get(node.output[0]) is None:
+                sizes[node.output[0]] = list(query)
+    return sizes
+
+
+def _expand_sizes(model: onnx.ModelProto, index: GraphIndex) -> dict[str, list]:
+    """Expand outputs inference missed.
 
     Inference cannot see through TorchScript's `Where(Equal(t, -1), 1, t)` expand targets and
     names those output dims `unk__N`; the following reshape then cannot be factorized. Each
@@ -160,8 +203,7 @@ def refine_expand_shapes(model: onnx.ModelProto) -> None:
     """
     from graphprune.ops import RuleContext, shape_entry
 
-    index = GraphIndex.build(model)
-    refined = {}
+    sizes = {}
     for position, node in enumerate(model.graph.node):
         if node.op_type != "Expand" or node.domain not in ("", "ai.onnx"):
             continue
@@ -173,14 +215,5 @@ def refine_expand_shapes(model: onnx.ModelProto) -> None:
         for k, dim in enumerate(source):
             entry = shape_entry(ctx, 1, k) if dim == 1 else None
             dims.append(dim if dim != 1 else (entry.value if entry and entry.value > 0 else 1))
-        refined[node.output[0]] = dims
-    for value in model.graph.value_info:
-        if value.name in refined:
-            for dim, size in zip(
-                value.type.tensor_type.shape.dim, refined[value.name], strict=True
-            ):
-                dim.Clear()
-                if isinstance(size, int):
-                    dim.dim_value = size
-                else:
-                    dim.dim_param = size
+        sizes[node.output[0]] = dims
+    return sizes

@@ -11,7 +11,7 @@ from graphprune.allocate import spare_every_space
 from graphprune.depgraph import DepGraph, Group
 from graphprune.load import infer_shapes
 from graphprune.ops import Space
-from graphprune.prepare import prepare
+from graphprune.prepare import prepare, refine_shapes
 from graphprune.verify import oracle, random_inputs
 
 RNG = np.random.default_rng(0)
@@ -63,7 +63,9 @@ def model(
 
 
 def analyze(made: onnx.ModelProto) -> tuple[onnx.ModelProto, DepGraph]:
+    """What the pipeline does before scoring: prepare, infer shapes, refine them, analyze."""
     work = infer_shapes(prepare(made))
+    refine_shapes(work)
     return work, DepGraph.build(work)
 
 

@@ -84,6 +84,7 @@ def export(path, kv_heads: int, exporter: str) -> None:
             output_names=["y"],
             dynamic_shapes=dims,
             verbose=False,
+            external_data=False,  # else data files with random names land in the cwd
         )
 
 
