@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--plan", help="replay a saved plan instead of scoring")
     prune.add_argument("--plan-out", help="save the plan as JSON")
+    prune.add_argument("--report", help="write a self-contained HTML before/after report here")
     prune.add_argument("--no-verify", action="store_true", help="skip the onnxruntime oracle")
     _add_providers(prune, "execution providers for verification")
     _add_shapes(prune)
@@ -101,6 +102,15 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--seed", type=int, default=0)
     _add_output_options(verify)
     verify.set_defaults(run=_run_verify)
+
+    diff = commands.add_parser("diff", help="compare two models: totals and layer by layer")
+    diff.add_argument("a", help="model before")
+    diff.add_argument("b", help="model after")
+    _add_shapes(diff)
+    diff.add_argument("--html", help="also write a self-contained HTML report here")
+    diff.add_argument("--bench", action="store_true", help="add CPU latency before and after")
+    _add_output_options(diff)
+    diff.set_defaults(run=_run_diff)
 
     bench = commands.add_parser("bench", help="latency, throughput and memory of a model")
     bench.add_argument("model", help="ONNX model")
@@ -216,6 +226,11 @@ def _run_prune(args: argparse.Namespace) -> int:
     )
     if args.plan_out:
         result.plan.save(args.plan_out)
+    if args.report and result.written:
+        from graphprune.diff import diff
+        from graphprune.html import write_html
+
+        write_html(diff(args.input, args.output, dict(args.shape)), args.report)
     if args.json:
         print(json.dumps(_prune_json(result), indent=1))
     else:
@@ -292,6 +307,17 @@ def _run_verify(args: argparse.Namespace) -> int:
     else:
         print("\n".join(report.lines()))
     return EXIT_OK if report.passed else EXIT_VERIFY
+
+
+def _run_diff(args: argparse.Namespace) -> int:
+    from graphprune.diff import diff
+    from graphprune.html import write_html
+
+    report = diff(args.a, args.b, dict(args.shape), bench=args.bench)
+    if args.html:
+        write_html(report, args.html)
+    print(json.dumps(report.as_dict(), indent=1) if args.json else report.text())
+    return EXIT_OK
 
 
 def _run_bench(args: argparse.Namespace) -> int:

@@ -37,9 +37,10 @@ Names are the strongest evidence when they survive, position and shape when they
     later gaps see earlier pairs as neighbours;
 (d) *neighbours*: a layer still unpaired is paired with the compatible B layer whose paired
     neighbours agree with its own (at least one agreeing, none contradicting), when exactly one
-    candidate scores best; repeated until nothing changes. This recovers layers whose order
-    differs between the graphs (e.g. a downsample branch exported before or after the main
-    path).
+    candidate scores best; a layer is looked at again whenever its evidence changes (a
+    neighbour or a candidate gets paired), until nothing changes. This recovers layers whose
+    order differs between the graphs (e.g. a downsample branch exported before or after the
+    main path).
 
 Every stage is deterministic: candidates are visited in graph order, ties are broken by
 position.
@@ -58,6 +59,7 @@ change when attention and mixture-of-experts analysis fills them; they are null 
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -71,7 +73,7 @@ import onnx
 from graphprune.graph import Dim, GraphIndex, all_inputs, attribute
 from graphprune.load import infer_shapes, load_sized, weightless
 from graphprune.prepare import prepare
-from graphprune.report import _node_macs, summarize
+from graphprune.report import node_macs, summarize
 from graphprune.verify import random_inputs
 
 FORMAT = "graphprune.diff/1"
@@ -96,7 +98,7 @@ MAC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 FAMILY = {"Gemm": "linear", "MatMul": "linear"}
 STATUSES = ("same", "pruned", "resized", "bypassed", "removed", "added", "unmatched")
 MATCH_SCORE, NEIGHBOUR_BONUS, NEIGHBOUR_PENALTY, SHAPE_BONUS = 1000, 500, 1200, 10
-MAX_DP_CELLS = 4_000_000  # a gap larger than this is aligned op family by op family
+MAX_DP_CELLS = 1_000_000  # a gap larger than this is aligned op family by op family
 MIN_NAME_BLOCKS, MAX_NAME_BLOCKS = 8, 40  # blocks from names (see _assign_blocks)
 POSITION_BLOCKS = 12
 
@@ -190,6 +192,45 @@ class DiffReport:
             "latency": self.latency,
             "notes": [*self.a.notes, *self.b.notes, *self.notes],
         }
+
+    def text(self) -> str:
+        """Plain-text side by side: the summary with ratios, how layers were paired, and one
+        line per layer (for a terminal; `as_dict` has everything)."""
+        a, b = self.a.summary, self.b.summary
+        rows = [(k, a[k], b[k]) for k in ("params", "macs", "bytes", "nodes", "layers")]
+        lines = [f"{'':<12}{'A (before)':>16}{'B (after)':>16}{'B/A':>8}"]
+        for name, x, y in rows:
+            lines.append(f"{name:<12}{x:>16,}{y:>16,}{_ratio_text(x, y):>8}")
+        if self.latency:
+            x, y = self.latency["before_ms"], self.latency["after_ms"]
+            lines.append(f"{'latency ms':<12}{x:>16.3f}{y:>16.3f}{_ratio_text(x, y):>8}")
+        lines.append(self.matching["summary"])
+        if self.signatures["differ"]:
+            lines.append("graph inputs/outputs differ (see the JSON or HTML report)")
+        lines += [_row_text(row) for row in self.rows]
+        lines += [f"note: {note}" for note in self.as_dict()["notes"]]
+        return "\n".join(lines)
+
+
+def _ratio_text(before, after) -> str:
+    return f"{after / before:.3f}" if before else "-"
+
+
+def _row_text(row: dict) -> str:
+    a, b = row["a"], row["b"]
+    kept = "" if row["kept_ratio"] is None else f" kept {row['kept_ratio']:.3f}"
+    reason = f"  ({row['reason']})" if row["reason"] else ""
+    return (
+        f"{row['index'] + 1:>4} {row['status']:<9} {row['op']:<10} in {_span(a, b, 'in')} "
+        f"out {_span(a, b, 'out')}{kept}  {_span(a, b, 'name', ' -> ')}{reason}"
+    )
+
+
+def _span(a: dict | None, b: dict | None, key: str, arrow: str = "->") -> str:
+    """A's value, B's, or both with an arrow when they differ."""
+    if a is None or b is None:
+        return str((a or b)[key])
+    return str(a[key]) if a[key] == b[key] else f"{a[key]}{arrow}{b[key]}"
 
 
 # --------------------------------------------------------------------------- entry point
@@ -346,7 +387,7 @@ def _macs_by_node(model: onnx.ModelProto, shapes: Mapping) -> tuple[dict[int, in
         if any(s is None or not all(isinstance(d, int) for d in s) for s in shape.values()):
             unknown += node.op_type in MAC_OPS
             continue
-        macs = _node_macs(node, shape)
+        macs = node_macs(node, shape)
         if macs:
             counted[position] = int(macs)
     return counted, unknown
@@ -662,6 +703,7 @@ class _Matcher:
 
     def __init__(self, a: list[Layer], b: list[Layer], pseudo: Mapping, grow: bool = False):
         self.a, self.b, self.pseudo, self.grow = a, b, pseudo, grow
+        self.kinds_a, self.kinds_b = _kinds(a), _kinds(b)
         self.a_to_b: dict[int, int] = {}
         self.b_to_a: dict[int, int] = {}
         self.how: dict[int, str] = {}
@@ -770,28 +812,56 @@ class _Matcher:
 
     # (d)
     def _by_neighbours(self) -> None:
-        changed = True
-        while changed:
-            changed = False
-            for x in self.a:
-                if x.id in self.a_to_b:
-                    continue
-                j = self._best_by_neighbours(x)
-                if j is not None:
-                    self.pair(x.id, j, "neighbours")
-                    changed = True
+        """Stage (d) with a work list: A layers in id order; pairing x with y re-queues the
+        layers whose evidence changed (x's neighbours, and those that had y as a candidate)."""
+        self.touching: dict = defaultdict(list)  # B graph input/output → B layers beside it
+        for y in self.b:
+            for n in y.neighbours:
+                if not isinstance(n, int):
+                    self.touching[n].append(y.id)
+        queue = [x.id for x in self.a if x.id not in self.a_to_b]
+        queued = set(queue)
+        while queue:
+            i = heapq.heappop(queue)
+            queued.discard(i)
+            j = self._best_by_neighbours(self.a[i])
+            if j is None:
+                continue
+            self.pair(i, j, "neighbours")
+            for k in self._affected(i, j):
+                if k not in self.a_to_b and k not in queued:
+                    heapq.heappush(queue, k)
+                    queued.add(k)
+
+    def _affected(self, i: int, j: int) -> set[int]:
+        """A layers whose candidates or agreements change when A's i pairs with B's j."""
+        near = {n for n in self.a[i].neighbours if isinstance(n, int)}
+        for n in self.b[j].neighbours:
+            if isinstance(n, int) and n in self.b_to_a:
+                near.update(k for k in self.a[self.b_to_a[n]].neighbours if isinstance(k, int))
+        return near
 
     def _best_by_neighbours(self, x: Layer) -> int | None:
+        """The one free compatible B layer with the most agreeing paired neighbours (and none
+        disagreeing); None when there is none or a tie."""
+        candidates: set[int] = set()
+        for n in x.neighbours:
+            m = self.mapped(n)
+            if isinstance(m, int):
+                candidates.update(k for k in self.b[m].neighbours if isinstance(k, int))
+            elif m is not None:
+                candidates.update(self.touching.get(m, ()))
         best, chosen = 0, []
-        for y in self.b:
-            if y.id in self.b_to_a or not self.fits(x, y):
+        for j in sorted(candidates):
+            y = self.b[j]
+            if j in self.b_to_a or not self.fits(x, y):
                 continue
             agree, disagree = self._agreement(x, y)
             if disagree or not agree or agree < best:
                 continue
             if agree > best:
                 best, chosen = agree, []
-            chosen.append(y.id)
+            chosen.append(j)
         return chosen[0] if len(chosen) == 1 else None
 
 
@@ -907,9 +977,11 @@ def _a_row(matcher: _Matcher, x: Layer) -> dict:
     if bypass:
         return _row(x.op, "bypassed", None, bypass, 0.0, x, None)
     if any(matcher.mapped(n) is not None for n in x.neighbours):
-        reason = "no counterpart in B; " + _why(x, matcher.b, matcher.b_to_a, True, matcher.grow)
+        reason = "no counterpart in B; " + _why(
+            x, matcher.kinds_b, matcher.b_to_a, True, matcher.grow
+        )
         return _row(x.op, "removed", None, reason, 0.0, x, None)
-    reason = _why(x, matcher.b, matcher.b_to_a, True, matcher.grow)
+    reason = _why(x, matcher.kinds_b, matcher.b_to_a, True, matcher.grow)
     return _row(x.op, "unmatched", None, reason, None, x, None)
 
 
@@ -919,17 +991,20 @@ def _b_only_row(matcher: _Matcher, y: Layer) -> dict:
         (isinstance(n, int) and n in matcher.b_to_a) or (not isinstance(n, int) and n in back)
         for n in y.neighbours
     )
-    reason = _why(y, matcher.a, matcher.a_to_b, False, matcher.grow)
+    reason = _why(y, matcher.kinds_a, matcher.a_to_b, False, matcher.grow)
     if known:
         return _row(y.op, "added", None, "no counterpart in A; " + reason, None, None, y)
     return _row(y.op, "unmatched", None, reason, None, None, y)
 
 
 def _paired_status(x: Layer, y: Layer) -> str:
-    if x.weight_shape == y.weight_shape and (x.in_ch, x.out_ch) == (y.in_ch, y.out_ch):
+    """same, pruned (nothing larger, something smaller) or resized. Weight shapes are compared
+    only between layers of one op type (Gemm's weight may be MatMul's transposed)."""
+    before, after = [x.in_ch, x.out_ch], [y.in_ch, y.out_ch]
+    if x.op == y.op:
+        before, after = before + _sizes(x.weight_shape), after + _sizes(y.weight_shape)
+    if before == after:
         return "same"
-    before = [x.in_ch, x.out_ch, *_sizes(x.weight_shape)]
-    after = [y.in_ch, y.out_ch, *_sizes(y.weight_shape)]
     if len(before) == len(after) and all(
         a is None or b is None or b <= a for a, b in zip(before, after, strict=True)
     ):
@@ -967,13 +1042,24 @@ def _label(matcher: _Matcher, key) -> str:
     return matcher.b[key].name if isinstance(key, int) else f"input '{key[1]}'"
 
 
-def _why(x: Layer, other: list[Layer], taken: Mapping, is_a: bool, grow: bool) -> str:
-    """Why no layer of the other graph could pair with x (x in A when `is_a`)."""
+def _kinds(layers: list[Layer]) -> dict[tuple, list[Layer]]:
+    """Layers by (op family, structure), and by (op family,) alone."""
+    kinds: dict[tuple, list[Layer]] = defaultdict(list)
+    for layer in layers:
+        kinds[(layer.family, layer.structure)].append(layer)
+        kinds[(layer.family,)].append(layer)
+    return kinds
+
+
+def _why(
+    x: Layer, other: Mapping[tuple, list[Layer]], taken: Mapping, is_a: bool, grow: bool
+) -> str:
+    """Why no layer of the other graph (`other`: its `_kinds`) could pair with x (x in A when
+    `is_a`)."""
     there = "B" if is_a else "A"
-    same = [y for y in other if y.family == x.family]
-    if not same:
+    if not other.get((x.family,)):
         return f"{there} has no {x.op} layer"
-    shaped = [y for y in same if y.structure == x.structure]
+    shaped = other.get((x.family, x.structure), [])
     if not shaped:
         return f"no {x.op} in {there} has the same {_structure_text(x)}"
     fits = [y for y in shaped if (compatible(x, y, grow) if is_a else compatible(y, x, grow))]
@@ -985,11 +1071,15 @@ def _why(x: Layer, other: list[Layer], taken: Mapping, is_a: bool, grow: bool) -
         )
     free = [y for y in fits if y.id not in taken]
     if not free:
-        return f"its {len(fits)} compatible candidates in {there} are paired with other layers"
+        return f"{_count(len(fits), 'compatible candidate')} in {there}, all paired elsewhere"
     return (
-        f"{len(free)} compatible candidates left in {there}, none in a position or "
+        f"{_count(len(free), 'compatible candidate')} left in {there}, none in a position or "
         "neighbourhood consistent with the paired layers"
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _structure_text(x: Layer) -> str:

@@ -276,16 +276,22 @@ def _layer_row(row: dict) -> str:
         (row["op"], _e(row["op"])),
         (a.get("name", ""), _name_cell(a)),
         (b.get("name", ""), _name_cell(b)),
-        (_sort_num(b.get("in", a.get("in"))), _arrow(a.get("in"), b.get("in"))),
-        (_sort_num(b.get("out", a.get("out"))), _arrow(a.get("out"), b.get("out"))),
+        *(_value_cell(a, b, key) for key in ("in", "out")),
         ("" if kept is None else kept, "–" if kept is None else f"{kept:.3f}"),
-        (_sort_num(b.get("params", a.get("params"))), _arrow(a.get("params"), b.get("params"))),
-        (_sort_num(b.get("macs", a.get("macs"))), _arrow(a.get("macs"), b.get("macs"))),
+        *(_value_cell(a, b, key) for key in ("params", "macs")),
         (status, f'<span class="status" style="--c:{STATUS_COLOURS[status]}">{status}</span>'),
         (why, _e(why)),
     ]
     tds = "".join(f'<td data-sort="{_e(key)}">{text}</td>' for key, text in cells)
     return f'<tr data-status="{status}">{tds}</tr>'
+
+
+def _value_cell(a: dict, b: dict, key: str) -> tuple[str, str]:
+    """(sort key, text) of a number: 'A → B' when both sides have the layer, else the one."""
+    if a and b:
+        return _sort_num(b[key]), _arrow(a[key], b[key])
+    value = (a or b)[key]
+    return _sort_num(value), _n(value)
 
 
 def _sort_num(value) -> str:
@@ -502,11 +508,10 @@ def _bar_svg(
     for g in range(n):
         x0 = left + g * slot + (slot - bar_w * k) / 2
         for s, (_name, values, colours, tips) in enumerate(series):
-            value = values[g]
-            height = max(0.0, plot_h * value / y_top)
+            height = max(2.0, plot_h * values[g] / y_top)  # a zero stays visible as a line
             parts.append(
                 f'<rect x="{x0 + s * bar_w:.1f}" y="{top + plot_h - height:.1f}" '
-                f'width="{bar_w:.1f}" height="{max(height, 0.5):.1f}" fill="{colours[g]}">'
+                f'width="{bar_w:.1f}" height="{height:.1f}" fill="{colours[g]}">'
                 f"<title>{_e(tips[g])}</title></rect>"
             )
     step = max(1, math.ceil(n / 60))
@@ -574,8 +579,10 @@ th[aria-sort=descending] button::after { content:" ▼"; }
 .scroll { max-height:760px; overflow:auto; border-radius:8px; }
 .layers { font-size:12.5px; width:100%; }
 .layers td:nth-child(n+6):nth-child(-n+10) { text-align:right; }
-.layers td:nth-child(4), .layers td:nth-child(5) { max-width:240px; overflow-wrap:anywhere; }
+.layers td:nth-child(4), .layers td:nth-child(5) { min-width:140px; max-width:280px;
+  overflow-wrap:anywhere; }
 .layers td:last-child { min-width:160px; } .nw { white-space:nowrap; }
+.layers td:nth-child(6), .layers td:nth-child(7) { white-space:nowrap; }
 .status, .chip { display:inline-block; padding:1px 7px; border-radius:10px; color:#fff;
   background:var(--c); font-size:11.5px; font-weight:600; }
 .chip { margin-right:6px; }
@@ -624,4 +631,5 @@ if (only) only.addEventListener('change', function () {
     row.hidden = only.checked && row.dataset.status === 'same';
   });
 });
+document.documentElement.setAttribute('data-ready', 'yes');  // the script ran to the end
 """

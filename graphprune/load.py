@@ -141,13 +141,37 @@ def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's symbolic shape inference, keeping what it inferred even when it cannot
+    finish. Its public entry point raises instead, after dumping `sym_shape_infer_temp.onnx`
+    and data files into the current directory, which a tool must not do: we run its steps
+    ourselves, and fall back to the public call inside a temporary directory if they change."""
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        symbolic = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except ImportError:
+        return model
+    try:
+        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        inference._preprocess(model)
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
+        return inference.out_mp_
+    except AttributeError:  # internals moved: use the public call, away from the caller's cwd
+        return _public_symbolic(model, SymbolicShapeInference)
     except Exception:  # best effort: rules block whatever stays unknown
         return model
-    return symbolic if symbolic is not None else model
+
+
+def _public_symbolic(model: onnx.ModelProto, inference) -> onnx.ModelProto:
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            return inference.infer_shapes(model, auto_merge=True) or model
+        except Exception:
+            return model
+        finally:
+            os.chdir(cwd)
 
 
 def _missing_shapes(model: onnx.ModelProto) -> bool:

@@ -66,11 +66,11 @@ def _macs(index: GraphIndex) -> int:
         shape = {name: index.shapes.get(name) for name in [*node.input, *node.output] if name}
         if any(s is None or not all(isinstance(d, int) for d in s) for s in shape.values()):
             continue
-        total += _node_macs(node, shape)
+        total += node_macs(node, shape)
     return total
 
 
-def _node_macs(node: onnx.NodeProto, shape: dict) -> int:
+def node_macs(node: onnx.NodeProto, shape: dict) -> int:
     op = node.op_type
     if op in ("Conv", "ConvTranspose") and len(node.input) > 1:
         weight = shape[node.input[1]]

@@ -121,3 +121,27 @@ def test_every_json_document_matches_its_schema(models, tmp_path, capsys):
     for schema, argv in runs.items():
         assert main(argv) == 0
         validate(json.loads(capsys.readouterr().out), schema)
+
+
+def test_diff_command_text_json_and_html(models, tmp_path, capsys):
+    dense, same, _, pruned = models
+    assert main(["diff", str(dense), str(same)]) == 0
+    assert "paired 3 of 3 layers" in capsys.readouterr().out
+    page = tmp_path / "diff.html"
+    assert main(["diff", str(dense), str(pruned), "--json", "--html", str(page)]) == 0
+    document = json.loads(capsys.readouterr().out)
+    validate(document, "diff.schema.json")
+    assert {row["status"] for row in document["layers"]} == {"pruned"}
+    assert page.read_text().lower().startswith("<!doctype html>")
+
+
+def test_prune_writes_its_html_report(models, tmp_path, capsys):
+    dense, *_ = models
+    out, page = tmp_path / "o.onnx", tmp_path / "report.html"
+    assert main(["prune", str(dense), str(out), "--report", str(page), "--quiet"]) == 0
+    html = page.read_text()
+    assert f"{onnx_params(out):,}" in html and "http://" not in html
+
+
+def onnx_params(path) -> int:
+    return sum(int(np.prod(t.dims)) for t in onnx.load(path).graph.initializer)

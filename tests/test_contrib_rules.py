@@ -135,3 +135,23 @@ def test_fast_gelu_bias_follows_the_mlp_channel_and_skip_norm_blocks_hidden():
     assert not hidden.prunable
     assert any("SkipLayerNormalization normalizes" in r for r in hidden.blocked)
     prune_every_group(made)
+
+
+def test_shape_inference_writes_nothing_into_the_working_directory(tmp_path, monkeypatch):
+    """onnxruntime's symbolic inference dumps files into the cwd when it gives up."""
+    consts = {f"{n}.w": weight(HIDDEN, HIDDEN) for n in ("q", "k", "v")}
+    consts |= {"seqlens": np.array([4, 4], np.int32), "total": np.array(5, np.int32)}
+    nodes = [helper.make_node("MatMul", ["x", f"{n}.w"], [n]) for n in ("q", "k", "v")]
+    nodes.append(
+        ms(
+            "GroupQueryAttention",
+            ["q", "k", "v", "", "", "seqlens", "total"],
+            ["y", "pk", "pv"],
+            num_heads=HEADS,
+            kv_num_heads=HEADS,
+        )
+    )
+    made = contrib_model(nodes, X, {"y": [2, 5, HIDDEN]}, consts)
+    monkeypatch.chdir(tmp_path)
+    analyze(made)
+    assert list(tmp_path.iterdir()) == []
