@@ -114,8 +114,9 @@ def infer_shapes(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelPr
         result.CopyFrom(model)
     del result.graph.value_info[:]
     result.graph.value_info.extend(inferred.graph.value_info)
-    del result.graph.output[:]
-    result.graph.output.extend(inferred.graph.output)
+    # What inference learned about the graph outputs goes to value_info (analysis reads it,
+    # rewriting drops it): the declared outputs, symbolic names included, must stay as they are.
+    result.graph.value_info.extend(inferred.graph.output)
     return result
 
 

@@ -282,3 +282,14 @@ def test_symbolic_batch_stays_symbolic_and_runs_at_other_batch_sizes(tmp_path):
         assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     outputs = run(pruned, random_inputs(pruned, shapes={"x": (3, 3, 8, 8)}))
     assert outputs["y"].shape == (3, 5)
+
+
+def test_declared_output_shapes_are_kept_even_where_inference_knows_better(tmp_path):
+    """TorchScript declares outputs like [Gemmoutput_dim_0, 1000] for a batch-1 model."""
+    made = small_cnn()
+    made.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "out_batch"
+    source, out = tmp_path / "m.onnx", tmp_path / "p.onnx"
+    onnx.save(made, source)
+    assert main(["prune", str(source), str(out), "--providers", "cpu"]) == 0
+    declared = onnx.load(out).graph.output[0].type.tensor_type.shape.dim
+    assert declared[0].dim_param == "out_batch" and declared[1].dim_value == 5
