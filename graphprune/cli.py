@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--plan-out", help="save the plan as JSON")
     prune.add_argument("--report", help="write a self-contained HTML before/after report here")
     prune.add_argument("--no-verify", action="store_true", help="skip the onnxruntime oracle")
+    prune.add_argument("--inputs", help=".npz of inputs for the oracle (default: random)")
     _add_providers(prune, "execution providers for verification")
     _add_shapes(prune)
     prune.add_argument("--seed", type=int, default=0)
@@ -209,7 +210,10 @@ def _run_prune(args: argparse.Namespace) -> int:
         raise BadInput(
             f"unknown criterion '{args.criterion}' (known: {', '.join(sorted(IMPORTANCE))})"
         )
+    from graphprune.verify import load_inputs
+
     plan = Plan.load(args.plan) if args.plan else None
+    inputs = load_inputs(args.inputs) if args.inputs else None
     result = prune(
         args.input,
         args.output,
@@ -223,6 +227,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         providers=args.providers,
         seed=args.seed,
         input_shapes=dict(args.shape),
+        inputs=inputs,
     )
     if args.plan_out:
         result.plan.save(args.plan_out)

@@ -20,7 +20,7 @@ from graphprune.plan import Plan, fingerprint
 from graphprune.prepare import prepare, refine_shapes
 from graphprune.progress import progress
 from graphprune.report import Summary, count_macs, summarize
-from graphprune.verify import ATOL, RTOL, Check, oracle, random_inputs
+from graphprune.verify import ATOL, RTOL, Check, check_feeds, oracle, random_inputs
 
 
 @dataclass
@@ -80,10 +80,12 @@ def prune(
     providers: tuple[str, ...] = ("cpu", "cuda"),
     seed: int = 0,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    inputs: Mapping[str, np.ndarray] | None = None,
     rtol: float = RTOL,
     atol: float = ATOL,
 ) -> PruneResult:
-    """Prune `source` into `destination`; the output is written only if verification passes."""
+    """Prune `source` into `destination`; the output is written only if verification passes.
+    The oracle runs on `inputs` when given (real data), else on random ones at `input_shapes`."""
     from graphprune.passes.slice_channels import slice_channels
 
     _check_paths(source, destination)
@@ -116,7 +118,9 @@ def prune(
     lap("allocate")
     pruned = slice_channels(analysis.work, analysis.dep, removals)
     lap("rewrite")
-    inputs = random_inputs(analysis.work, seed, input_shapes)
+    if inputs is None:
+        inputs = random_inputs(analysis.work, seed, input_shapes)
+    check_feeds(analysis.work, inputs, source)
     shapes = {name: value.shape for name, value in inputs.items()}
     before = replace(analysis.original, macs=count_macs(analysis.work, shapes))
     after = summarize(pruned, None, shapes)

@@ -95,19 +95,24 @@ def cuda_available() -> bool:
 def random_inputs(
     model: onnx.ModelProto, seed: int = 0, shapes: Mapping[str, tuple[int, ...]] | None = None
 ) -> dict[str, np.ndarray]:
-    """Random inputs honouring dtypes; symbolic dimensions get 1 (batch) or DYNAMIC_DIM."""
+    """Random inputs honouring dtypes. Symbolic dimensions take their size from `shapes` where
+    an input given there names them, else 1 on axis 0 (batch) and DYNAMIC_DIM elsewhere; one
+    symbol gets one size across all inputs (input_ids and attention_mask share batch and
+    sequence). Integers are drawn in [0, 10): valid token ids and small indices."""
     rng = np.random.default_rng(seed)
-    initializers = {t.name for t in model.graph.initializer}
+    shapes = dict(shapes or {})
+    inputs = _free_inputs(model)
+    sizes = _symbol_sizes(inputs, shapes)
     feeds = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor_type = value.type.tensor_type
-        shape = (shapes or {}).get(value.name) or tuple(
-            d.dim_value if d.HasField("dim_value") else (1 if axis == 0 else DYNAMIC_DIM)
-            for axis, d in enumerate(tensor_type.shape.dim)
+    for value in inputs:
+        dims = value.type.tensor_type.shape.dim
+        shape = shapes.get(value.name) or tuple(
+            d.dim_value
+            if d.HasField("dim_value")
+            else sizes.get(d.dim_param, 1 if axis == 0 else DYNAMIC_DIM)
+            for axis, d in enumerate(dims)
         )
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
         if np.issubdtype(dtype, np.floating):
             feeds[value.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.bool_:
@@ -115,6 +120,22 @@ def random_inputs(
         else:
             feeds[value.name] = rng.integers(0, 10, size=shape).astype(dtype)
     return feeds
+
+
+def _free_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    initializers = {t.name for t in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in initializers]
+
+
+def _symbol_sizes(inputs, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
+    """Sizes of symbolic dimensions, read off the inputs whose shapes were given."""
+    sizes = {}
+    for value in inputs:
+        given = shapes.get(value.name)
+        for dim, size in zip(value.type.tensor_type.shape.dim, given or (), strict=False):
+            if dim.dim_param:
+                sizes.setdefault(dim.dim_param, size)
+    return sizes
 
 
 def session(
@@ -327,8 +348,8 @@ def verify(
     rtol 1e-2, atol 1e-3 (fp32: 1e-4, 1e-5)."""
     model_a, model_b = loading.load(a), loading.load(b)
     feeds = dict(inputs) if inputs is not None else random_inputs(model_a, seed, input_shapes)
-    _check_feeds(model_a, feeds, a)
-    _check_feeds(model_b, feeds, b)
+    check_feeds(model_a, feeds, a)
+    check_feeds(model_b, feeds, b)
     half = _has_fp16_outputs(model_a) or _has_fp16_outputs(model_b)
     rtol = rtol if rtol is not None else (FP16_RTOL if half else RTOL)
     atol = atol if atol is not None else (FP16_ATOL if half else ATOL)
@@ -358,7 +379,7 @@ def load_inputs(path: str | Path) -> dict[str, np.ndarray]:
         raise BadInput(f"cannot read inputs from {path}: {err}") from None
 
 
-def _check_feeds(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], path) -> None:
+def check_feeds(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], path) -> None:
     initializers = {t.name for t in model.graph.initializer}
     wanted = {v.name for v in model.graph.input} - initializers
     if missing := sorted(wanted - feeds.keys()):

@@ -43,3 +43,48 @@ def test_a_shape_mismatch_fails():
     checks = compare({"y": np.zeros((1, 4))}, {"y": np.zeros((1, 3))})
     assert not checks[0].passed
     assert not Check("oracle", "cpu", [OutputCheck("y", 1.0, 1.0, False)]).passed
+
+
+def test_one_symbol_one_size_across_inputs():
+    from onnx import TensorProto, helper
+
+    from graphprune.verify import random_inputs
+
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])
+    mask = helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "seq"])
+    out = helper.make_tensor_value_info("y", TensorProto.INT64, ["batch", "seq"])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["ids", "mask"], ["y"])], "g", [ids, mask], [out]
+    )
+    feeds = random_inputs(helper.make_model(graph), shapes={"ids": (3, 7)})
+    assert feeds["ids"].shape == feeds["mask"].shape == (3, 7)
+    assert feeds["ids"].dtype == np.int64 and 0 <= feeds["ids"].min() <= feeds["ids"].max() < 10
+
+
+def test_prune_uses_given_inputs_for_its_oracle(tmp_path, capsys):
+    import onnx
+
+    from graphprune.cli import main
+
+    source, data = tmp_path / "m.onnx", tmp_path / "in.npz"
+    onnx.save(small_cnn(), source)
+    np.savez(data, x=np.full((1, 3, 8, 8), 0.5, np.float32))
+    assert (
+        main(
+            [
+                "prune",
+                str(source),
+                str(tmp_path / "o.onnx"),
+                "--inputs",
+                str(data),
+                "--json",
+                "--providers",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert '"passed": true' in capsys.readouterr().out
+    np.savez(data, wrong=np.ones(2, np.float32))
+    assert main(["prune", str(source), str(tmp_path / "o2.onnx"), "--inputs", str(data)]) == 2
+    assert "needs inputs ['x']" in capsys.readouterr().err
