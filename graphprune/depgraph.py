@@ -121,6 +121,11 @@ class DepGraph:
     @cached_property
     def groups(self) -> list[Group]:
         """Candidate groups (at least one constant slice and two units), prunable or blocked."""
+        return [g for g in self.all_groups if g.n_units >= 2]
+
+    @cached_property
+    def all_groups(self) -> list[Group]:
+        """Every group with a constant slice, single-unit ones included (for reports)."""
         links_by_space = defaultdict(list)
         for link in self.links:
             links_by_space[link[0]].append(link)
@@ -132,9 +137,7 @@ class DepGraph:
         for component in nx.connected_components(self.graph):
             if not any(space in self.roles for space in component):
                 continue
-            group = self._group(component, links_by_space, fixes_by_space)
-            if group.n_units >= 2:
-                groups.append(group)
+            groups.append(self._group(component, links_by_space, fixes_by_space))
         return sorted(groups, key=lambda g: g.id)
 
     def _group(self, component, links_by_space, fixes_by_space) -> Group:

@@ -52,9 +52,10 @@ output replaced by its input, or folded), `removed` (only in A, its neighbourhoo
 `added` (only in B, its neighbourhood paired), `unmatched` (no paired neighbour to tell
 removed from replaced; the row says why nothing in the other graph fitted).
 
-Heads, KV groups, MLP width and experts are fields of each row so the JSON format does not
-change when attention and mixture-of-experts analysis fills them; they are null until then
-(nothing here guesses heads from shapes).
+Heads and KV groups come from graphprune's own analysis of each side (a projection whose
+weight is in a head or kv-group group gets that group's counts); MLP width and experts are
+fields of each row so the JSON format does not change when mixture-of-experts analysis fills
+them, and stay null until then (nothing here guesses them from shapes).
 """
 
 from __future__ import annotations
@@ -124,6 +125,8 @@ class Layer:
     module: str | None  # dotted module path recovered from names, for blocks
     up: frozenset = frozenset()  # nearest layers upstream (ids) and ("in", name) inputs
     down: set = field(default_factory=set)  # nearest layers downstream and ("out", name)
+    heads: int | None = None  # attention heads the layer projects to or from
+    kv_groups: int | None = None  # GQA/MQA key/value heads
 
     @property
     def family(self) -> str:
@@ -144,9 +147,9 @@ class Layer:
             "out": self.out_ch,
             "params": self.params,
             "macs": self.macs,
-            # filled by attention / MoE analysis later; never guessed here
-            "heads": None,
-            "kv_groups": None,
+            "heads": self.heads,
+            "kv_groups": self.kv_groups,
+            # filled by mixture-of-experts analysis later; never guessed here
             "mlp_width": None,
             "experts": None,
         }
@@ -321,6 +324,7 @@ def _side(path: str | Path, input_shapes: Mapping[str, tuple[int, ...]] | None) 
     for position, macs in macs_by_node.items():
         by_op[model.graph.node[position].op_type] += macs
     layers = _layers(index, shapes, macs_by_node)
+    _attach_heads(layers, path)
     notes = []
     if unknown:
         notes.append(
@@ -346,6 +350,29 @@ def _side(path: str | Path, input_shapes: Mapping[str, tuple[int, ...]] | None) 
         _signature(model.graph.output, index),
         notes,
     )
+
+
+def _attach_heads(layers: list[Layer], path: str | Path) -> None:
+    """Heads and key/value groups per projection, from graphprune's analysis of the model."""
+    from graphprune.errors import GraphpruneError
+    from graphprune.pipeline import analyze
+
+    try:
+        analysis = analyze(path)
+    except (GraphpruneError, ValueError):
+        return
+    counts: dict[str, tuple[int, int | None]] = {}
+    for group in analysis.dep.all_groups:
+        if group.kind not in ("head", "kv-group"):
+            continue
+        head_sizes = [size for s, size in group.sizes.items() if s in analysis.dep.head_spaces]
+        per_group = max(head_sizes) // min(head_sizes) if group.kind == "kv-group" else 1
+        kv = group.n_units if group.kind == "kv-group" else None
+        for space in group.roles:
+            counts[space.tensor] = (group.n_units * per_group, kv)
+    for layer in layers:
+        if layer.weight in counts:
+            layer.heads, layer.kv_groups = counts[layer.weight]
 
 
 def _inferred_shapes(

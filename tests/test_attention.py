@@ -156,3 +156,20 @@ def test_heads_and_mlp_together_at_25_and_50_percent(exporter, tmp_path):
         )
         assert result.passed, [c.line() for c in result.checks]
         assert result.after.params < result.before.params
+
+
+def test_diff_reports_heads_and_kv_groups_before_and_after(tmp_path):
+    from graphprune.diff import diff
+
+    for kv_heads, exporter in ((HEADS, "dynamo"), (2, "torchscript")):
+        source, out = tmp_path / f"{kv_heads}.onnx", tmp_path / f"{kv_heads}.p.onnx"
+        export(source, kv_heads, exporter)
+        prune(source, out, ratio=0.5, providers=("cpu",), input_shapes={"x": (2, 8, HIDDEN)})
+        rows = diff(source, out).as_dict()["layers"]
+        q_projection = rows[0]
+        assert q_projection["a"]["heads"] == HEADS
+        if kv_heads == HEADS:
+            assert q_projection["b"]["heads"] == HEADS // 2
+        else:
+            assert q_projection["a"]["kv_groups"] == 2
+            assert q_projection["b"]["heads"] == HEADS // 2  # one key/value head, 2 query heads
