@@ -106,18 +106,40 @@ def infer_shapes(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelPr
         inferred = _onnx_inference(skeleton)
     except Exception:  # onnx raises C++ errors of several types; the fallback below decides
         inferred = skeleton
+    shapes = _typed(inferred)
     if _missing_shapes(inferred):
-        inferred = _symbolic(inferred)
+        for name, value in _typed(_symbolic(inferred)).items():
+            if _known_dims(value) > _known_dims(shapes.get(name)):
+                shapes[name] = value  # fill onnx's gaps, never overwrite what it knew better
     result = model
     if not in_place:
         result = onnx.ModelProto()
         result.CopyFrom(model)
     del result.graph.value_info[:]
-    result.graph.value_info.extend(inferred.graph.value_info)
-    # What inference learned about the graph outputs goes to value_info (analysis reads it,
-    # rewriting drops it): the declared outputs, symbolic names included, must stay as they are.
-    result.graph.value_info.extend(inferred.graph.output)
+    # Inferred types of graph outputs go to value_info too (analysis reads it, rewriting drops
+    # it): the declared outputs, symbolic names included, must stay as they are.
+    inputs = {v.name for v in model.graph.input}
+    result.graph.value_info.extend(v for name, v in shapes.items() if name not in inputs)
     return result
+
+
+def _typed(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    return {v.name: v for v in [*model.graph.value_info, *model.graph.output]}
+
+
+def _known_dims(value: onnx.ValueInfoProto | None) -> float:
+    """How much a type says: no type < unknown rank < rank with unnamed or `unk__` dims <
+    symbolic names < static sizes."""
+    if value is None or not value.type.tensor_type.HasField("shape"):
+        return 0.0
+    dims = value.type.tensor_type.shape.dim
+    score = 1.0
+    for dim in dims:
+        if dim.HasField("dim_value"):
+            score += 3
+        elif dim.dim_param and not dim.dim_param.startswith("unk__"):
+            score += 2
+    return score + 0.5 * len(dims)
 
 
 def _onnx_inference(model: onnx.ModelProto) -> onnx.ModelProto:

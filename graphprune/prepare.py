@@ -5,8 +5,9 @@ Exporters deduplicate equal tensors: the TorchScript exporter replaces every rep
 couples layers that have nothing in common but equal values (typically the all-zero biases of
 freshly folded BatchNorms). We undo it where it is accidental:
 
-- `Identity` of a constant becomes a constant of its own;
-- a 1-D constant read by several nodes gets one copy per reader.
+- `Identity` of a 1-D constant becomes a constant of its own (readers of `Identity` of a larger
+  constant read the constant itself: a tied embedding stays one tensor);
+- a 1-D float constant read by several nodes gets one copy per reader.
 
 Shared weights of rank >= 2 stay shared: they are real ties (tied embeddings) and keep coupling
 their readers.
@@ -51,13 +52,22 @@ def _fold_constant_identities(model: onnx.ModelProto) -> None:
     index = GraphIndex.build(model)
     store = ConstantStore(model)
     folded = []
+    renamed: dict[str, str] = {}
     for position, node in enumerate(model.graph.node):
         if node.op_type != "Identity" or node.domain not in ("", "ai.onnx"):
             continue
         source, target = node.input[0], node.output[0]
-        if index.is_constant(source) and target not in index.graph_outputs:
+        if not index.is_constant(source) or target in index.graph_outputs:
+            continue
+        if len(index.constants.shape(source)) <= 1:
             store.add_named(target, index.constants[source])
-            folded.append(position)
+        else:
+            renamed[target] = source
+        folded.append(position)
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
     for position in reversed(folded):
         del model.graph.node[position]
 
@@ -67,7 +77,8 @@ def _untie_shared_vectors(model: onnx.ModelProto) -> None:
     store = ConstantStore(model)
     for name in index.constants:
         readers = index.consumers.get(name, [])
-        if len(index.constants.shape(name)) != 1 or len(readers) < 2:
+        vector = len(index.constants.shape(name)) == 1 and index.constants.is_float(name)
+        if not vector or len(readers) < 2:
             continue
         for position in readers[1:]:
             node = model.graph.node[position]
@@ -125,8 +136,8 @@ def _evaluate(
     inputs = [name for name in node.input if name]
     if not inputs or not all(name in known for name in inputs):
         return None
-    if any(index.constants.size(n) > FOLD_MAX_ELEMENTS for n in inputs if n in index.constants):
-        return None  # weights are not shape arithmetic
+    if any(index.constants.is_float(n) for n in inputs if n in index.constants):
+        return None  # shape arithmetic is integer; folding a weight transform would copy it
     if any(
         attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
         for attr in node.attribute

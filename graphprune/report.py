@@ -17,6 +17,7 @@ import onnx
 
 from graphprune.graph import GraphIndex, attribute
 from graphprune.load import infer_shapes, weightless
+from graphprune.prepare import prepare, refine_shapes
 
 
 @dataclass
@@ -51,13 +52,19 @@ def count_macs(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...
     """Multiply-accumulates of one run at `input_shapes` (see the module docstring), counted on
     a weightless copy: shapes are all it needs."""
     skeleton = weightless(model)
+    del skeleton.graph.value_info[:]  # symbolic sizes from an earlier inference would stay
     for value in skeleton.graph.input:
         if value.name in input_shapes:
             dims = value.type.tensor_type.shape.dim
             for dim, size in zip(dims, input_shapes[value.name], strict=True):
                 dim.Clear()
                 dim.dim_value = size
-    return _macs(GraphIndex.build(infer_shapes(skeleton, in_place=True)))
+    # at fixed input sizes, run-time size arithmetic is constant: fold it so that every shape
+    # downstream (position ids, expanded masks) is known
+    prepare(skeleton, in_place=True)
+    infer_shapes(skeleton, in_place=True)
+    refine_shapes(skeleton)
+    return _macs(GraphIndex.build(skeleton))
 
 
 def _macs(index: GraphIndex) -> int:

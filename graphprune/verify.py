@@ -234,6 +234,9 @@ def masked_model(
     if not in_place:
         masked = onnx.ModelProto()
         masked.CopyFrom(model)
+    # inferred shapes stay behind: onnxruntime trusts value_info, and a symbolic size inference
+    # pinned down at one input shape would be wrong at another
+    del masked.graph.value_info[:]
     store = ConstantStore(masked)
     for group_id, units in removals.items():
         group = dep.group(group_id)

