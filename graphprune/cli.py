@@ -252,7 +252,7 @@ def _prune_json(result) -> dict:
         "pruned_groups": len(result.plan.groups),
         "before": result.before.as_dict(),
         "after": result.after.as_dict(),
-        "checks": [asdict(c) | {"passed": c.passed} for c in result.checks],
+        "checks": [c.as_dict() for c in result.checks],
         "seconds": result.seconds,
         "plan": asdict(result.plan),
     }

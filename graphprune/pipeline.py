@@ -50,8 +50,14 @@ class PruneResult:
 
 
 def analyze(source: str | Path) -> Analysis:
-    """Load, count, prepare and annotate in place (one copy of the weights in memory), analyze."""
+    """Load `source` and analyze it (see `analyze_model`)."""
     model, disk_bytes = loading.load_sized(source)
+    return analyze_model(model, disk_bytes)
+
+
+def analyze_model(model: onnx.ModelProto, disk_bytes: int | None = None) -> Analysis:
+    """Count, prepare and annotate `model` in place (one copy of the weights in memory), then
+    build its dependency graph."""
     counted, graph_hash = summarize(model, disk_bytes, macs=False), fingerprint(model)
     work = loading.infer_shapes(prepare(model, in_place=True), in_place=True)
     refine_shapes(work)

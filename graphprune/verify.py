@@ -74,6 +74,9 @@ class Check:
     def passed(self) -> bool:
         return bool(self.skipped) or all(o.passed for o in self.outputs)
 
+    def as_dict(self) -> dict:
+        return asdict(self) | {"passed": self.passed}
+
     def line(self) -> str:
         if self.skipped:
             return f"SKIPPED  {self.what} on {self.provider}: {self.skipped}"
@@ -316,7 +319,7 @@ class VerifyReport:
         return all(c.passed for c in self.checks)
 
     def as_dict(self) -> dict:
-        checks = [asdict(c) | {"passed": c.passed} for c in self.checks]
+        checks = [c.as_dict() for c in self.checks]
         return asdict(self) | {"checks": checks, "passed": self.passed}
 
     def lines(self) -> list[str]:

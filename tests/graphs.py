@@ -9,9 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphprune.allocate import spare_every_space
 from graphprune.depgraph import DepGraph, Group
-from graphprune.load import infer_shapes
 from graphprune.ops import Space
-from graphprune.prepare import prepare, refine_shapes
+from graphprune.pipeline import analyze_model
 from graphprune.verify import oracle, random_inputs
 
 RNG = np.random.default_rng(0)
@@ -63,10 +62,11 @@ def model(
 
 
 def analyze(made: onnx.ModelProto) -> tuple[onnx.ModelProto, DepGraph]:
-    """What the pipeline does before scoring: prepare, infer shapes, refine them, analyze."""
-    work = infer_shapes(prepare(made))
-    refine_shapes(work)
-    return work, DepGraph.build(work)
+    """The pipeline's analysis of a copy of `made`: (prepared model, dependency graph)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(made)
+    analysis = analyze_model(copy)
+    return analysis.work, analysis.dep
 
 
 def group_with(dep: DepGraph, tensor: str, axis: int) -> Group:
