@@ -104,6 +104,17 @@ def infer_shapes(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelPr
     skeleton = weightless(model)
     try:
         inferred = _onnx_inference(skeleton)
+        anchors: set[str] = set()
+        for _ in range(BROADCAST_ROUNDS):
+            refined = _refine_broadcasts(inferred)
+            if not refined:
+                break
+            # keep the refined types as anchors and let onnx recompute everything after them
+            anchors |= refined
+            kept = [v for v in inferred.graph.value_info if v.name in anchors]
+            del inferred.graph.value_info[:]
+            inferred.graph.value_info.extend(kept)
+            inferred = _onnx_inference(inferred)
     except Exception:  # onnx raises C++ errors of several types; the fallback below decides
         inferred = skeleton
     shapes = _typed(inferred)
@@ -121,6 +132,57 @@ def infer_shapes(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelPr
     inputs = {v.name for v in model.graph.input}
     result.graph.value_info.extend(v for name, v in shapes.items() if name not in inputs)
     return result
+
+
+BROADCAST_ROUNDS = 3
+BROADCAST_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "And", "Or"}
+
+
+def _refine_broadcasts(model: onnx.ModelProto) -> set[str]:
+    """Fill output dims of broadcasting ops that inference left unknown, in place; returns the
+    outputs refined.
+
+    Sound by the broadcasting rule: on an output axis where some input has a size other than 1
+    (a number or a symbol), every other input is 1 or that size, so the output has it. onnx
+    gives up instead when one operand's size is unknown, which is how an attention mask built
+    at run time hides batch and sequence from everything after `scores + mask`.
+    """
+    typed = {v.name: v for v in [*model.graph.input, *model.graph.value_info]}
+    changed: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type not in BROADCAST_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        output = typed.get(node.output[0])
+        inputs = [typed.get(name) for name in node.input if name]
+        if output is None or None in inputs or not output.type.tensor_type.HasField("shape"):
+            continue
+        dims = output.type.tensor_type.shape.dim
+        for axis, dim in enumerate(dims):
+            if dim.HasField("dim_value") or (dim.dim_param and not dim.dim_param.startswith("unk")):
+                continue
+            known = _broadcast_size(inputs, axis - len(dims))
+            if known is not None and known != dim.dim_param:
+                dim.Clear()
+                if isinstance(known, int):
+                    dim.dim_value = known
+                else:
+                    dim.dim_param = known
+                changed.add(node.output[0])
+    return changed
+
+
+def _broadcast_size(inputs: list[onnx.ValueInfoProto], axis: int) -> int | str | None:
+    """The size some input has on `axis` (counted from the right) other than 1: a number, else
+    a symbol (named ones first, then onnx's own consistent `unk__N` names)."""
+    dims = [
+        v.type.tensor_type.shape.dim[axis]
+        for v in inputs
+        if -axis <= len(v.type.tensor_type.shape.dim)
+    ]
+    numbers = [d.dim_value for d in dims if d.HasField("dim_value") and d.dim_value != 1]
+    named = [d.dim_param for d in dims if d.dim_param and not d.dim_param.startswith("unk")]
+    unnamed = [d.dim_param for d in dims if d.dim_param.startswith("unk")]
+    return (numbers or named or unnamed or [None])[0]
 
 
 def _typed(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:

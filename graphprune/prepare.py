@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections import ChainMap
 from collections.abc import Mapping
+from math import prod
 
 import numpy as np
 import onnx
@@ -36,10 +37,24 @@ from graphprune.load import infer_shapes
 def prepare(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
     """Return `model` normalized: a copy, or `model` itself when `in_place`."""
     model = model if in_place else _copy(model)
+    declared = list(model.graph.value_info)  # what the file states; kept, never replaced
     _fold_constant_identities(model)
-    _fold_static_shape_arithmetic(model)
+    _fold_static_shape_arithmetic(model, declared)
+    _resolve_inferred_reshape_entries(model, declared)
     _untie_shared_vectors(model)
     return model
+
+
+def _shaped_index(model: onnx.ModelProto, declared: list) -> GraphIndex:
+    """An index with shapes inferred for the graph as it is now. Inference starts from the
+    declared types only (ours from an earlier step are stale after its edits), and the model
+    is left holding just those."""
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(declared)
+    index = GraphIndex.build(infer_shapes(model, in_place=True))  # copies the shapes it reads
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(declared)
+    return index
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -99,9 +114,9 @@ NEVER_FOLD = {
 }
 
 
-def _fold_static_shape_arithmetic(model: onnx.ModelProto) -> None:
+def _fold_static_shape_arithmetic(model: onnx.ModelProto, declared: list) -> None:
     """Replace nodes computable from constants and static shapes by their values."""
-    index = GraphIndex.build(infer_shapes(model, in_place=True))
+    index = _shaped_index(model, declared)
     known: ChainMap[str, np.ndarray] = ChainMap({}, index.constants)
     folded: dict[int, list[np.ndarray]] = {}
     for position, node in enumerate(model.graph.node):
@@ -228,3 +243,106 @@ def _expand_sizes(model: onnx.ModelProto, index: GraphIndex) -> dict[str, list]:
             dims.append(dim if dim != 1 else (entry.value if entry and entry.value > 0 else 1))
         sizes[node.output[0]] = dims
     return sizes
+
+
+def _resolve_inferred_reshape_entries(model: onnx.ModelProto, declared: list) -> None:
+    """Write the value of a Reshape target's -1 where the rest of the target determines it.
+
+    Exporters split heads with `[batch, seq, -1, head_dim]`, batch and seq read at run time
+    from some tensor's Shape. With symbolic batch and seq, inference cannot resolve the -1, so
+    the head axis is unknown downstream and no rule can carry it. When the target's other
+    entries are literals or sizes of the same symbols as the reshaped tensor's, the -1 is
+    (product of its static dims) / (product of the literals): we write that number into a
+    private copy of the constant piece that holds the -1. Same function, every size known.
+    """
+    for _ in range(RESOLVE_ROUNDS):  # a resolved split makes the matching merge resolvable
+        if not _resolve_reshape_entries_once(model, declared):
+            return
+
+
+RESOLVE_ROUNDS = 3
+
+
+def _resolve_reshape_entries_once(model: onnx.ModelProto, declared: list) -> int:
+    from graphprune.ops import RuleContext, shape_entry
+
+    index = _shaped_index(model, declared)
+    store = ConstantStore(model)
+    resolved = 0
+    for position, node in enumerate(model.graph.node):
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx"):
+            continue
+        source, length = index.shapes.get(node.input[0]), index.static_size(node.input[1], 0)
+        if source is None or length is None or None in source:
+            continue
+        if len(index.consumers.get(node.input[1], [])) != 1:
+            continue  # a target shared by several reshapes (q and k in GQA) is not ours to edit
+        ctx = RuleContext(index, position, sink=None)
+        entries = [_entry_size(ctx, index, k, shape_entry) for k in range(length)]
+        if entries.count(-1) != 1 or None in entries:
+            continue
+        symbols = sorted(d for d in source if isinstance(d, str))
+        named = sorted(e for e in entries if isinstance(e, str))
+        literals = [e for e in entries if isinstance(e, int) and e != -1]
+        if symbols != named or any(e <= 0 for e in literals):
+            continue
+        total = prod(d for d in source if isinstance(d, int))
+        if total % prod(literals):
+            continue
+        minus_one = shape_entry(ctx, 1, entries.index(-1))
+        holder = model.graph.node[minus_one.node]
+        name = store.private_copy(holder, minus_one.input_index)
+        values = store.get(name).copy()
+        values.reshape(-1)[minus_one.entry] = total // prod(literals)
+        store.set(name, values)
+        resolved += 1
+    return resolved
+
+
+def _entry_size(ctx, index: GraphIndex, k: int, shape_entry) -> int | str | None:
+    """Entry k of the node's size vector: a literal, the symbol of a `Shape`-read dimension,
+    or None when unknown."""
+    literal = shape_entry(ctx, 1, k)
+    if literal is not None:
+        return literal.value
+    concat = index.node(index.producer[ctx.input(1)]) if ctx.input(1) in index.producer else None
+    if concat is None or concat.op_type != "Concat":
+        return None
+    offset = 0
+    for piece in concat.input:
+        length = index.static_size(piece, 0)
+        if length is None:
+            return None
+        if offset <= k < offset + length:
+            return _shape_read(index, piece, k - offset)
+        offset += length
+    return None
+
+
+def _shape_read(index: GraphIndex, name: str, k: int) -> int | str | None:
+    """The dimension a Shape-derived vector holds at k: Unsqueeze(Gather(Shape(t), j)) or
+    Shape(t, start=j, end=j+1) (the two exporters' ways of reading one size)."""
+    node = index.node(index.producer[name]) if name in index.producer else None
+    if node is not None and node.op_type == "Unsqueeze":
+        node = (
+            index.node(index.producer[node.input[0]]) if node.input[0] in index.producer else None
+        )
+    if node is None:
+        return None
+    if node.op_type == "Gather":
+        picked = index.const(node.input[1])
+        shape_node = (
+            index.node(index.producer[node.input[0]]) if node.input[0] in index.producer else None
+        )
+        if picked is None or shape_node is None or shape_node.op_type != "Shape":
+            return None
+        start = attribute(shape_node, "start", 0)
+        return _dim_of(index, shape_node.input[0], start + int(np.asarray(picked).reshape(-1)[0]))
+    if node.op_type == "Shape":
+        return _dim_of(index, node.input[0], attribute(node, "start", 0) + k)
+    return None
+
+
+def _dim_of(index: GraphIndex, tensor: str, axis: int) -> int | str | None:
+    shape = index.shapes.get(tensor)
+    return shape[axis] if shape is not None and 0 <= axis < len(shape) else None

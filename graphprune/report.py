@@ -52,7 +52,7 @@ def count_macs(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...
     """Multiply-accumulates of one run at `input_shapes` (see the module docstring), counted on
     a weightless copy: shapes are all it needs."""
     skeleton = weightless(model)
-    del skeleton.graph.value_info[:]  # symbolic sizes from an earlier inference would stay
+    del skeleton.graph.value_info[:]  # sizes inferred at other input shapes would stay
     for value in skeleton.graph.input:
         if value.name in input_shapes:
             dims = value.type.tensor_type.shape.dim
