@@ -255,6 +255,10 @@ def _resolve_inferred_reshape_entries(model: onnx.ModelProto, declared: list) ->
     (product of its static dims) / (product of the literals): we write that number into a
     private copy of the constant piece that holds the -1. Same function, every size known.
     """
+    literal = {t.name for t in model.graph.initializer}
+    literal |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    if all(n.op_type != "Reshape" or n.input[1] in literal for n in model.graph.node):
+        return  # every target is a literal already (most CNNs): nothing to resolve
     for _ in range(RESOLVE_ROUNDS):  # a resolved split makes the matching merge resolvable
         if not _resolve_reshape_entries_once(model, declared):
             return
