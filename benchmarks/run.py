@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir() / "BENCHMARKS.quick.md" if args.quick else ROOT / "BENCHMARKS.md"
     )
     results = collect(config, " ".join(["python -m benchmarks.run", *argv]))
-    out.write_text(render(results))
+    out.write_text(render(results) + _kept_sections(out))
     log(f"wrote {out} ({results.total_seconds:.0f} s)")
     return 0
 
@@ -192,3 +192,14 @@ def _noise_notes(lat: dict[int, dict[str, latency.Latency]]) -> list[str]:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _kept_sections(report: Path) -> str:
+    """Sections other benchmark scripts own in the same file (marked <!-- name:begin/end -->),
+    carried over so that re-running this one does not erase them."""
+    from benchmarks.minilm import BEGIN, END
+
+    text = report.read_text() if report.exists() else ""
+    if BEGIN not in text or END not in text:
+        return ""
+    return "\n\n" + text[text.index(BEGIN) : text.index(END) + len(END)] + "\n"
