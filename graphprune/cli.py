@@ -7,11 +7,13 @@ Errors are one line on stderr; set GRAPHPRUNE_DEBUG=1 for a traceback.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
 from collections import Counter
 from dataclasses import asdict
+from os.path import commonprefix
 
 from graphprune import progress
 from graphprune.allocate import DEFAULT_SCOPES, SCOPES
@@ -297,6 +299,18 @@ def _run_inspect(args: argparse.Namespace) -> int:
             "ops without a rule (barriers): "
             + ", ".join(f"{op} x{n}" for op, n in report["barriers"].items())
         )
+    if report["layers"]:
+        print(f"\n{'layer':<56}{'what':<13}{'size':>14}  prunable")
+        for row in report["layers"]:
+            size = (
+                (
+                    f"{row['heads']} heads"
+                    + (f" / {row['kv_heads']} kv" if row.get("kv_heads") else "")
+                )
+                if row["what"] == "attention"
+                else f"{row['width']}"
+            )
+            print(f"{row['layer'][-55:]:<56}{row['what']:<13}{size:>14}  {row['prunable']}")
     return EXIT_OK
 
 
@@ -369,7 +383,53 @@ def inspect_report(analysis) -> dict:
             for g in dep.groups
         ],
         "barriers": dict(Counter(dep.missing_rules).most_common()),
+        "layers": _transformer_layers(dep),
     }
+
+
+def _transformer_layers(dep) -> list[dict]:
+    """Per layer of a model with attention: heads and key/value heads, MLP width, hidden size
+    (the residual width, blocked by the normalizations). Empty for models without attention."""
+    if not any(g.kind in ("head", "kv-group") for g in dep.all_groups):
+        return []
+    rows = []
+    for group in dep.all_groups:
+        if group.kind in ("head", "kv-group"):
+            heads, kv = dep.attention_counts(group)
+            row = {"what": "attention", "heads": heads, "kv_heads": kv}
+        elif any("normalizes" in r or "reduces over" in r for r in group.blocked):
+            # LayerNorm, or RMSNorm spelled out as Pow/ReduceMean: the residual width
+            row = {"what": "hidden size", "width": group.n_units}
+        elif len(group.roles) >= 2 and group.n_units >= 2:
+            row = {"what": "mlp", "width": group.n_units}
+        else:
+            continue
+        rows.append({"layer": _module(dep, group), **row, "prunable": group.prunable})
+    return sorted(rows, key=lambda r: (r["layer"], r["what"]))
+
+
+def _module(dep, group) -> str:
+    """The module path a group's weights share: from weight names (dynamo keeps parameter
+    names), else from the modules of the nodes reading them (TorchScript node names, dynamo's
+    name-scope metadata)."""
+    weights = sorted(s.tensor for s in group.roles)
+    readers = sorted(
+        _module_of(dep.index.node(p)) for w in weights for p in dep.index.consumers.get(w, [])
+    )
+    # character prefixes on purpose: these are dotted or slashed names, not file paths
+    candidates = [commonprefix(names) for names in (weights, readers) if names]  # noqa: RUF071
+    best = max(candidates, key=lambda c: c.count(".") + c.count("/"), default="")
+    return best.rstrip("./_") or weights[0]
+
+
+def _module_of(node) -> str:
+    """The torch module a node came from: dynamo's name scopes, else the node's name."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            scopes = [s for s in ast.literal_eval(prop.value) if "." in s]
+            if scopes:
+                return scopes[-1]
+    return node.name
 
 
 if __name__ == "__main__":

@@ -198,6 +198,15 @@ class DepGraph:
             return f"{label}: op {_op_name(node)} has no rule (barrier) at {space}"
         return f"{label}: its rule does not carry {space}"
 
+    def attention_counts(self, group: Group) -> tuple[int, int | None]:
+        """(query heads, key/value heads or None) of a head or kv-group group. In a kv-group,
+        each unit is one key/value head with H/KV query heads, where H/KV is the ratio of the
+        group's head-space sizes ([H] and [KV] unfused, [H*D] and [KV*D] fused)."""
+        if group.kind == "head":
+            return group.n_units, None
+        sizes = [size for s, size in group.sizes.items() if s in self.head_spaces]
+        return group.n_units * (max(sizes) // min(sizes)), group.n_units
+
     def group(self, group_id: str) -> Group:
         for group in self.groups:
             if group.id == group_id:

@@ -363,13 +363,9 @@ def _attach_heads(layers: list[Layer], path: str | Path) -> None:
         return
     counts: dict[str, tuple[int, int | None]] = {}
     for group in analysis.dep.all_groups:
-        if group.kind not in ("head", "kv-group"):
-            continue
-        head_sizes = [size for s, size in group.sizes.items() if s in analysis.dep.head_spaces]
-        per_group = max(head_sizes) // min(head_sizes) if group.kind == "kv-group" else 1
-        kv = group.n_units if group.kind == "kv-group" else None
-        for space in group.roles:
-            counts[space.tensor] = (group.n_units * per_group, kv)
+        if group.kind in ("head", "kv-group"):
+            for space in group.roles:
+                counts[space.tensor] = analysis.dep.attention_counts(group)
     for layer in layers:
         if layer.weight in counts:
             layer.heads, layer.kv_groups = counts[layer.weight]

@@ -173,3 +173,19 @@ def test_diff_reports_heads_and_kv_groups_before_and_after(tmp_path):
         else:
             assert q_projection["a"]["kv_groups"] == 2
             assert q_projection["b"]["heads"] == HEADS // 2  # one key/value head, 2 query heads
+
+
+def test_inspect_lists_attention_mlp_and_hidden_size_per_layer(tmp_path, capsys):
+    import json
+
+    source = tmp_path / "gqa.onnx"
+    export(source, 2, "dynamo")
+    assert main(["inspect", str(source), "--json"]) == 0
+    layers = json.loads(capsys.readouterr().out)["layers"]
+    by_what = {row["what"]: row for row in layers}
+    assert by_what["attention"]["heads"] == HEADS and by_what["attention"]["kv_heads"] == 2
+    assert by_what["attention"]["prunable"]
+    assert by_what["mlp"]["width"] == 4 * HIDDEN and by_what["mlp"]["prunable"]
+    assert by_what["hidden size"]["width"] == HIDDEN and not by_what["hidden size"]["prunable"]
+    assert main(["inspect", str(source)]) == 0
+    assert "4 heads / 2 kv" in capsys.readouterr().out
