@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.minilm
+	$(BIN)/python -m benchmarks.llama12
 
 clean:
 	rm -rf $(VENV) $(OUT)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -197,9 +198,10 @@ if __name__ == "__main__":
 def _kept_sections(report: Path) -> str:
     """Sections other benchmark scripts own in the same file (marked <!-- name:begin/end -->),
     carried over so that re-running this one does not erase them."""
-    from benchmarks.minilm import BEGIN, END
-
     text = report.read_text() if report.exists() else ""
-    if BEGIN not in text or END not in text:
-        return ""
-    return "\n\n" + text[text.index(BEGIN) : text.index(END) + len(END)] + "\n"
+    sections = re.findall(r"<!-- (\w+):begin -->.*?<!-- \1:end -->", text, flags=re.S)
+    kept = [
+        re.search(rf"<!-- {name}:begin -->.*?<!-- {name}:end -->", text, re.S).group(0)
+        for name in sections
+    ]
+    return "".join(f"\n\n{section}\n" for section in kept)
