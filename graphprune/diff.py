@@ -72,9 +72,9 @@ import numpy as np
 import onnx
 
 from graphprune.graph import Dim, GraphIndex, all_inputs, attribute
-from graphprune.load import infer_shapes, load_sized, weightless
+from graphprune.load import infer_shapes, load_sized
 from graphprune.prepare import prepare
-from graphprune.report import node_macs, summarize
+from graphprune.report import node_macs, sized_skeleton, summarize
 from graphprune.verify import random_inputs
 
 FORMAT = "graphprune.diff/1"
@@ -381,23 +381,12 @@ def _inferred_shapes(
     counting; tensor names stay the model's own, so the shapes apply to the model's nodes.
     """
     used = {k: tuple(v.shape) for k, v in random_inputs(model, 0, input_shapes).items()}
-    skeleton = _sized_skeleton(model, used)
+    skeleton = sized_skeleton(model, used)
     try:
         prepare(skeleton, in_place=True)
     except Exception:  # best effort: what cannot be folded stays unknown, and the notes say so
-        skeleton = _sized_skeleton(model, used)
+        skeleton = sized_skeleton(model, used)
     return GraphIndex.build(infer_shapes(skeleton, in_place=True)).shapes, used
-
-
-def _sized_skeleton(model: onnx.ModelProto, used: Mapping[str, tuple[int, ...]]):
-    """`weightless(model)` with its graph inputs fixed to the sizes in `used`."""
-    skeleton = weightless(model)
-    for value in skeleton.graph.input:
-        if value.name in used:
-            for dim, size in zip(value.type.tensor_type.shape.dim, used[value.name], strict=True):
-                dim.Clear()
-                dim.dim_value = size
-    return skeleton
 
 
 def _macs_by_node(model: onnx.ModelProto, shapes: Mapping) -> tuple[dict[int, int], int]:

@@ -100,3 +100,12 @@ def remove_unused(model: onnx.ModelProto) -> None:
     for i in reversed(range(len(graph.initializer))):
         if graph.initializer[i].name not in used:
             del graph.initializer[i]
+
+
+def set_dim(dim: onnx.TensorShapeProto.Dimension, size: int | str) -> None:
+    """Make `dim` a static size (int) or a symbolic one (str)."""
+    dim.Clear()
+    if isinstance(size, int):
+        dim.dim_value = size
+    else:
+        dim.dim_param = size

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from graphprune.edit import copy_structure
+from graphprune.edit import copy_structure, set_dim
 from graphprune.errors import BadInput
 
 MIN_OPSET = 11
@@ -162,11 +162,7 @@ def _refine_broadcasts(model: onnx.ModelProto) -> set[str]:
                 continue
             known = _broadcast_size(inputs, axis - len(dims))
             if known is not None and known != dim.dim_param:
-                dim.Clear()
-                if isinstance(known, int):
-                    dim.dim_value = known
-                else:
-                    dim.dim_param = known
+                set_dim(dim, known)
                 changed.add(node.output[0])
     return changed
 

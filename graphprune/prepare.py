@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx.reference import ReferenceEvaluator
 
-from graphprune.edit import ConstantStore
+from graphprune.edit import ConstantStore, set_dim
 from graphprune.graph import GraphIndex, attribute
 from graphprune.load import infer_shapes
 
@@ -197,11 +197,7 @@ def _set_dims(value: onnx.ValueInfoProto, dims: list) -> None:
     shape = value.type.tensor_type.shape
     shape.Clear()
     for size in dims:
-        dim = shape.dim.add()
-        if isinstance(size, int):
-            dim.dim_value = size
-        else:
-            dim.dim_param = size
+        set_dim(shape.dim.add(), size)
 
 
 def _fused_attention_sizes(model: onnx.ModelProto, index: GraphIndex) -> dict[str, list]:

@@ -15,6 +15,7 @@ from math import prod
 
 import onnx
 
+from graphprune.edit import set_dim
 from graphprune.graph import GraphIndex, attribute
 from graphprune.load import infer_shapes, weightless
 from graphprune.prepare import prepare, refine_shapes
@@ -51,20 +52,28 @@ def summarize(
 def count_macs(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]]) -> int:
     """Multiply-accumulates of one run at `input_shapes` (see the module docstring), counted on
     a weightless copy: shapes are all it needs."""
-    skeleton = weightless(model)
-    del skeleton.graph.value_info[:]  # sizes inferred at other input shapes would stay
-    for value in skeleton.graph.input:
-        if value.name in input_shapes:
-            dims = value.type.tensor_type.shape.dim
-            for dim, size in zip(dims, input_shapes[value.name], strict=True):
-                dim.Clear()
-                dim.dim_value = size
+    skeleton = sized_skeleton(model, input_shapes)
     # at fixed input sizes, run-time size arithmetic is constant: fold it so that every shape
     # downstream (position ids, expanded masks) is known
     prepare(skeleton, in_place=True)
     infer_shapes(skeleton, in_place=True)
     refine_shapes(skeleton)
     return _macs(GraphIndex.build(skeleton))
+
+
+def sized_skeleton(
+    model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]]
+) -> onnx.ModelProto:
+    """`weightless(model)` with the graph inputs named in `input_shapes` fixed to those sizes
+    (types inferred earlier, at other sizes, are dropped)."""
+    skeleton = weightless(model)
+    del skeleton.graph.value_info[:]
+    for value in skeleton.graph.input:
+        if value.name in input_shapes:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, input_shapes[value.name], strict=True):
+                set_dim(dim, size)
+    return skeleton
 
 
 def _macs(index: GraphIndex) -> int:
