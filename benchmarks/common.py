@@ -115,3 +115,14 @@ def dense_onnx(config: Config) -> Path:
         )
     os.replace(partial, path)
     return path
+
+
+def write_section(report: Path, begin: str, end: str, section: str) -> None:
+    """Replace the part of `report` between the markers `begin` and `end` (they are part of
+    `section`), or append `section` when the report has none yet."""
+    text = report.read_text() if report.exists() else ""
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    report.write_text(text)

@@ -16,6 +16,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmarks.common import write_section
 from benchmarks.minilm import REPORT
 
 BEGIN, END = "<!-- llama12:begin -->", "<!-- llama12:end -->"
@@ -100,7 +101,7 @@ def main() -> int:
         pruned_ms = bench(out, input_shapes=SHAPES, runs=30).median_ms
         file_mib = source.stat().st_size / 2**20
     section = render(result, dense_ms, pruned_ms, file_mib)
-    write_section(section)
+    write_section(REPORT, BEGIN, END, section)
     print(section)
     return 0
 
@@ -137,15 +138,6 @@ def render(result: dict, dense_ms: float, pruned_ms: float, file_mib: float) -> 
             END,
         ]
     )
-
-
-def write_section(section: str) -> None:
-    text = REPORT.read_text() if REPORT.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    REPORT.write_text(text)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "BENCHMARKS.md"
 BEGIN, END = "<!-- minilm:begin -->", "<!-- minilm:end -->"
@@ -237,15 +239,6 @@ def render(rows: list[dict], dense: dict, peers: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_section(section: str) -> None:
-    text = REPORT.read_text() if REPORT.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    REPORT.write_text(text)
-
-
 def main() -> int:
     from models.zoo import export
 
@@ -254,7 +247,7 @@ def main() -> int:
         rows, info = measure(Path(dense), Path(tmp))
         peers = peer_rows(Path(tmp))
     section = render(rows, info, peers)
-    write_section(section)
+    write_section(REPORT, BEGIN, END, section)
     print(section)
     return 0
 
