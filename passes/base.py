@@ -70,3 +70,38 @@ def unit_sums(
             values = per_index(array, others)
             totals += np.bincount(group.labels[space], weights=values, minlength=group.n_units)
     return totals
+
+
+# ---------------------------------------------------------------------------------------------
+# Compensation: after a group's units are chosen, adjust what stays so the layers reading the
+# group's channels keep their outputs. Values are in the original index space and are applied
+# before the rewrite slices, so the zero-then-prune oracle still checks the structure exactly.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Update:
+    """What a compensation pass changes."""
+
+    weights: dict[str, np.ndarray] = field(
+        default_factory=dict
+    )  # constant -> new value, same shape
+    # consumer node position -> vector added to that layer's output (its bias, or a new Add)
+    bias_deltas: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+class CompensationPass(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    def compensate(self, group: Group, removed: np.ndarray, context: ScoreContext) -> Update:
+        """How to adjust the consumers of `group` once the units `removed` are gone;
+        `context.stats` is a `graphprune.calibrate.CalibrationStats`."""
+
+
+COMPENSATION: dict[str, type[CompensationPass]] = {}
+
+
+def register_compensation(cls: type[CompensationPass]) -> type[CompensationPass]:
+    COMPENSATION[cls.name] = cls
+    return cls
