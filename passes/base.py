@@ -4,6 +4,13 @@ A pass receives one group and a `ScoreContext` (the model's constants, and calib
 statistics for passes that declare they need data) and returns one score per unit of the
 group: higher means more important, the lowest go first. New criteria subclass
 `ImportancePass`, register with `@register`, and the core never changes.
+
+What a pass declares it needs decides what the pipeline collects before scoring:
+`needs_data` (calibration statistics in `ScoreContext.stats`: count, mean, M2, sum of squares
+of every consumer input column) and `needs_gram` (also the Gram matrix X^T X of each consumer
+input, which costs columns^2 float64 per consumer; collected only when some pass asks).
+Compensation passes (`CompensationPass`, registered by name in `COMPENSATION`) declare the same
+two flags.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ class ScoreContext:
 
 class ImportancePass(ABC):
     name: ClassVar[str]
-    needs_data: ClassVar[bool] = False
+    needs_data: ClassVar[bool] = False  # scores read calibration statistics (context.stats)
+    needs_gram: ClassVar[bool] = False  # ... including the Gram matrix of each consumer input
 
     @abstractmethod
     def score(self, group: Group, context: ScoreContext) -> np.ndarray:
@@ -92,6 +100,8 @@ class Update:
 
 class CompensationPass(ABC):
     name: ClassVar[str]
+    needs_data: ClassVar[bool] = True  # every compensation so far fits calibration statistics
+    needs_gram: ClassVar[bool] = False
 
     @abstractmethod
     def compensate(self, group: Group, removed: np.ndarray, context: ScoreContext) -> Update:
@@ -105,3 +115,11 @@ COMPENSATION: dict[str, type[CompensationPass]] = {}
 def register_compensation(cls: type[CompensationPass]) -> type[CompensationPass]:
     COMPENSATION[cls.name] = cls
     return cls
+
+
+def compensation(name: str) -> CompensationPass:
+    """The registered compensation pass called `name`."""
+    if name not in COMPENSATION:
+        known = ", ".join(sorted(COMPENSATION)) or "none yet"
+        raise KeyError(f"compensation '{name}' is not registered (registered: {known})")
+    return COMPENSATION[name]()
