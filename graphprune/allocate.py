@@ -4,6 +4,12 @@ uniform: every prunable group loses floor(ratio * n) of its n units.
 global:  scores are divided by their group's mean (so groups are comparable), all units are
          ranked together and the lowest floor(ratio * total) go, no group losing more than
          `max_group_ratio` of its units.
+adaptive: FLAP's adaptive structure search (AL-AM; An et al., AAAI 2024): each group's scores
+         are standardized (zero mean, unit standard deviation over its units: every layer and
+         module on one scale, attention heads and MLP channels alike), all units are ranked
+         together, and the lowest go until the parameters they remove reach `ratio` of the
+         parameters the groups in scope hold (each unit weighted by its `costs`, the parameters
+         its removal deletes; see `unit_params`). A group keeps at least one unit.
 Then, per group, the kept count is rounded up to a multiple of `round_to` and never drops below
 one unit: a group is never emptied. Within a group the lowest-scoring units go (ties: lower
 index first), except that every space keeps at least one index: a concat input or a split
@@ -19,7 +25,7 @@ import numpy as np
 
 from graphprune.depgraph import Group
 
-ALLOCATIONS = ("uniform", "global")
+ALLOCATIONS = ("uniform", "global", "adaptive")
 # scope names (the CLI's --scope) -> group kinds; every scope here is exact under the oracle
 SCOPES = {"channels": ("channel",), "mlp": ("channel",), "heads": ("head", "kv-group")}
 DEFAULT_SCOPES = ("channels", "heads")
@@ -41,13 +47,17 @@ def allocate(
     mode: str = "uniform",
     round_to: int = 1,
     max_group_ratio: float = 0.9,
+    costs: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Units to remove, per prunable group id (groups that lose nothing are left out)."""
+    """Units to remove, per prunable group id (groups that lose nothing are left out).
+    `costs` (adaptive only): parameters each unit removes, per group (default: 1 per unit)."""
     prunable = [g for g in groups if g.prunable and g.id in scores]
     if mode == "uniform":
         counts = {g.id: math.floor(ratio * g.n_units + 1e-9) for g in prunable}
     elif mode == "global":
         counts = _global_counts(prunable, scores, ratio, max_group_ratio)
+    elif mode == "adaptive":
+        counts = _adaptive_counts(prunable, scores, ratio, costs or {})
     else:
         raise ValueError(f"unknown allocation '{mode}' (known: {', '.join(ALLOCATIONS)})")
     removals = {}
@@ -100,3 +110,48 @@ def _global_counts(
             counts[owner[k]] += 1
             taken += 1
     return {g.id: counts[i] for i, g in enumerate(groups)}
+
+
+def _adaptive_counts(
+    groups: list[Group],
+    scores: Mapping[str, np.ndarray],
+    ratio: float,
+    costs: Mapping[str, np.ndarray],
+) -> dict[str, int]:
+    """FLAP's AL-AM: standardized scores, one global threshold, a parameter budget."""
+    if not groups:
+        return {}
+    standardized, weights, owners = [], [], []
+    for number, group in enumerate(groups):
+        standardized.append(standardize(scores[group.id]))
+        weights.append(np.asarray(costs.get(group.id, np.ones(group.n_units)), dtype=np.float64))
+        owners.append(np.full(group.n_units, number))
+    flat, weight, owner = (np.concatenate(a) for a in (standardized, weights, owners))
+    budget = ratio * weight.sum()
+    counts = [0] * len(groups)
+    removed = 0.0
+    for k in np.argsort(flat, kind="stable"):
+        if removed + weight[k] > budget * (1 + 1e-9):
+            break  # the threshold: every unit scoring lower is gone, none above
+        if counts[owner[k]] < groups[owner[k]].n_units - 1:
+            counts[owner[k]] += 1
+            removed += weight[k]
+    return {g.id: counts[i] for i, g in enumerate(groups)}
+
+
+def standardize(scores: np.ndarray) -> np.ndarray:
+    """(s - mean) / std over one group's units (zeros when they are all equal)."""
+    values = np.asarray(scores, dtype=np.float64)
+    spread = values.std()
+    return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
+
+
+def unit_params(group: Group, shapes: Mapping[str, tuple]) -> np.ndarray:
+    """Parameters each unit's removal deletes: over every constant slice of the group (weights,
+    biases, norm parameters and running statistics), the elements of the unit's indices."""
+    totals = np.zeros(group.n_units)
+    for space in group.roles:
+        shape = shapes[space.tensor]
+        per_index = math.prod(shape) // max(shape[space.axis], 1)
+        totals += np.bincount(group.labels[space], minlength=group.n_units) * per_index
+    return totals

@@ -66,8 +66,19 @@ def _parser() -> argparse.ArgumentParser:
         default=0.5,
         help="share of each group's units to remove (default 0.5)",
     )
-    prune.add_argument("--criterion", default="l2", help="importance: l1, l2, random")
-    prune.add_argument("--allocation", choices=("uniform", "global"), default="uniform")
+    prune.add_argument(
+        "--criterion",
+        default="l2",
+        help="importance: l1, l2, random (no data); fluctuation, wanda, obspa, condition "
+        "(need --calib or --data-free)",
+    )
+    prune.add_argument(
+        "--allocation",
+        choices=("uniform", "global", "adaptive"),
+        default="uniform",
+        help="uniform: the same share of every group; global: one ranking of mean-normalized "
+        "scores; adaptive: FLAP's standardized scores, one threshold, a parameter budget",
+    )
     prune.add_argument(
         "--scope",
         type=_scopes,
@@ -86,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_providers(prune, "execution providers for verification")
     _add_shapes(prune)
     prune.add_argument("--seed", type=int, default=0)
+    _add_calibration(prune)
     _add_output_options(prune)
     prune.set_defaults(run=_run_prune)
 
@@ -146,6 +158,74 @@ def _add_shapes(parser) -> None:
         metavar="NAME:D0xD1x...",
         help="input shape for dynamic dimensions",
     )
+
+
+def _add_calibration(parser) -> None:
+    data = parser.add_argument_group("calibration data (criteria and compensation that need it)")
+    sources = data.add_mutually_exclusive_group()
+    sources.add_argument("--calib", metavar="FILE.npz", help="samples keyed by input name")
+    sources.add_argument("--calib-images", metavar="DIR", help="a folder of images")
+    sources.add_argument("--calib-text", metavar="FILE", help="text (.txt, or .json strings)")
+    sources.add_argument(
+        "--data-free", action="store_true", help="synthetic inputs (see graphprune/data.py)"
+    )
+    data.add_argument(
+        "--preprocess",
+        default="",
+        metavar="SPEC",
+        help="for --calib-images, e.g. size=224,resize=256,mean=0.485/0.456/0.406,"
+        "std=0.229/0.224/0.225,layout=nchw,color=rgb,scale=255",
+    )
+    data.add_argument("--tokenizer", metavar="DIR", help="for --calib-text: a tokenizer folder")
+    data.add_argument("--seq-len", type=_positive_int, default=128, help="tokens per window")
+    data.add_argument("--calib-batch", type=_positive_int, default=8, help="samples per batch")
+    data.add_argument(
+        "--calib-samples",
+        type=_positive_int,
+        help="at most this many samples (default: all of an npz, else 128)",
+    )
+    data.add_argument(
+        "--gram-budget",
+        type=float,
+        default=2.0,
+        metavar="GIB",
+        help="Gram matrices held at once, in GiB; more means one pass per chunk (default 2)",
+    )
+    data.add_argument(
+        "--compensation",
+        choices=("none", "own"),
+        default="own",
+        help="own: the criterion's compensation (fluctuation: bias, obspa: OBS update, "
+        "condition: mask tuning); default own",
+    )
+    data.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="also reconstruct each consumer's kept weights by least squares",
+    )
+
+
+def _calibration_source(args: argparse.Namespace):
+    """The data source the flags name, or None."""
+    from graphprune.data import CalibrationSource
+
+    common = {
+        "batch": args.calib_batch,
+        "samples": args.calib_samples,
+        "seq_len": args.seq_len,
+        "seed": args.seed,
+    }
+    if args.calib:
+        return CalibrationSource("npz", path=args.calib, **common)
+    if args.calib_images:
+        return CalibrationSource(
+            "images", path=args.calib_images, preprocess=args.preprocess, **common
+        )
+    if args.calib_text:
+        return CalibrationSource("text", path=args.calib_text, tokenizer=args.tokenizer, **common)
+    if args.data_free:
+        return CalibrationSource("data-free", **common)
+    return None
 
 
 def _add_output_options(parser) -> None:
@@ -230,6 +310,10 @@ def _run_prune(args: argparse.Namespace) -> int:
         seed=args.seed,
         input_shapes=dict(args.shape),
         inputs=inputs,
+        calib=_calibration_source(args),
+        compensation=args.compensation,
+        reconstruct=args.reconstruct,
+        gram_budget=int(args.gram_budget * 2**30),
     )
     if args.plan_out:
         result.plan.save(args.plan_out)
@@ -257,6 +341,9 @@ def _prune_json(result) -> dict:
         "checks": [c.as_dict() for c in result.checks],
         "seconds": result.seconds,
         "plan": asdict(result.plan),
+        "calibration": result.calibration,
+        "compensation": result.compensation,
+        "peak_rss_bytes": result.peak_rss_bytes,
     }
 
 
@@ -269,12 +356,36 @@ def _print_prune(result, args) -> None:
         f"ratio {result.plan.ratio}, allocation {result.plan.allocation}"
     )
     print(table(result.before, result.after))
+    if result.calibration:
+        c = result.calibration
+        print(
+            f"calibration: {c['source']}, {c['samples']} samples in {c['batches']} batches, "
+            f"{c['consumers']} layers, {c['passes']} pass(es), {c['seconds']:.2f} s"
+            + (f", Gram matrices {c['gram_bytes'] / 2**20:.1f} MiB" if c["gram_bytes"] else "")
+        )
+    if result.compensation:
+        print(_compensation_line(result.compensation))
     for check in result.checks:
         print(check.line())
     if result.written:
         print(f"wrote {args.output}")
     else:
         print(f"not written: verification failed ({args.output})")
+
+
+def _compensation_line(moved: dict) -> str:
+    """Worst output of the pruned model against the dense one, with and without compensation."""
+
+    def worst(rows: list[dict]) -> str:
+        row = max(rows, key=lambda r: r["max_abs"])
+        cosine = "-" if row["cosine"] is None else f"{row['cosine']:.6f}"
+        return f"max abs {row['max_abs']:.3e}, cosine {cosine}"
+
+    return (
+        f"compensation {'+'.join(moved['passes'])} ({moved['updated_weights']} weights, "
+        f"{moved['bias_deltas']} biases, {moved['new_adds']} new Adds): pruned vs dense "
+        f"{worst(moved['with'])}; without compensation {worst(moved['without'])}"
+    )
 
 
 def _run_inspect(args: argparse.Namespace) -> int:

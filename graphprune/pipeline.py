@@ -1,5 +1,12 @@
-"""The pipeline, stage by stage: load -> prepare -> analyze -> score -> allocate -> rewrite ->
-verify -> write. Each stage is one call; `prune` is the whole job."""
+"""The pipeline, stage by stage: load -> prepare -> analyze -> calibrate -> score -> allocate ->
+compensate -> rewrite -> verify -> write. Each stage is one call; `prune` is the whole job.
+
+Calibration runs only when the criterion or a compensation pass needs data. Compensation
+Updates are computed on the original weights and written into the working model before it is
+sliced, so the zero-then-prune oracle compares the masked *compensated* original with the
+pruned compensated model: the structure is still checked exactly. How far compensation moved
+the outputs is measured separately: pruned with and without compensation, each against the
+dense model, on the oracle's inputs."""
 
 from __future__ import annotations
 
@@ -13,14 +20,28 @@ import numpy as np
 import onnx
 
 from graphprune import load as loading
-from graphprune.allocate import DEFAULT_SCOPES, allocate, in_scope
-from graphprune.depgraph import DepGraph
+from graphprune.allocate import DEFAULT_SCOPES, allocate, in_scope, unit_params
+from graphprune.calibrate import GRAM_BUDGET, CalibrationStats, calibrate, exposed
+from graphprune.data import CalibrationSource, batches
+from graphprune.depgraph import DepGraph, Group
 from graphprune.errors import BadInput
+from graphprune.ops import Space
+from graphprune.passes.base import Update
+from graphprune.passes.bias_compensation import NewBias, apply_update, insert_biases, merge
 from graphprune.plan import Plan, fingerprint
 from graphprune.prepare import prepare, refine_shapes
 from graphprune.progress import progress
 from graphprune.report import Summary, count_macs, summarize
-from graphprune.verify import ATOL, RTOL, Check, check_feeds, oracle, random_inputs
+from graphprune.verify import (
+    ATOL,
+    RTOL,
+    Check,
+    check_feeds,
+    compare,
+    oracle,
+    random_inputs,
+    run,
+)
 
 
 @dataclass
@@ -43,6 +64,9 @@ class PruneResult:
     prunable_groups: int
     seconds: dict[str, float] = field(default_factory=dict)
     written: bool = False
+    calibration: dict | None = None  # CalibrationStats.summary() when data was used
+    compensation: dict | None = None  # what compensation changed and how far it moved outputs
+    peak_rss_bytes: int = 0  # of the whole process, read when the run ends
 
     @property
     def passed(self) -> bool:
@@ -64,13 +88,36 @@ def analyze_model(model: onnx.ModelProto, disk_bytes: int | None = None) -> Anal
     return Analysis(work, DepGraph.build(work), graph_hash, counted)
 
 
-def score(analysis: Analysis, criterion: str, seed: int = 0) -> dict[str, np.ndarray]:
+def score(
+    analysis: Analysis,
+    criterion: str,
+    seed: int = 0,
+    stats: CalibrationStats | None = None,
+    groups: list[Group] | None = None,
+) -> dict[str, np.ndarray]:
+    """Scores of `groups` (default: every prunable group) by `criterion`; `stats` for criteria
+    that need data."""
     from graphprune.passes import ScoreContext, importance
 
     scorer = importance(criterion)
-    context = ScoreContext(constants=analysis.dep.index.constants, seed=seed)
-    prunable = [g for g in analysis.dep.groups if g.prunable]
+    context = ScoreContext(constants=analysis.dep.index.constants, stats=stats, seed=seed)
+    prunable = [g for g in (analysis.dep.groups if groups is None else groups) if g.prunable]
     return {g.id: scorer.score(g, context) for g in progress(prunable, f"scoring ({criterion})")}
+
+
+# the criterion's own compensation (--compensation own); the others have none
+OWN_COMPENSATION = {"fluctuation": "bias", "obspa": "obs", "condition": "mask"}
+COMPENSATIONS = ("none", "own")
+
+
+def compensation_names(criterion: str, compensation: str, reconstruct: bool) -> list[str]:
+    """The compensation passes to run, in order (a later pass's weights replace an earlier
+    one's; see `_compensate`)."""
+    if compensation not in COMPENSATIONS:
+        raise BadInput(f"unknown compensation '{compensation}' (known: none, own)")
+    own = compensation == "own" and criterion in OWN_COMPENSATION
+    names = [OWN_COMPENSATION[criterion]] if own else []
+    return [*names, "reconstruct"] if reconstruct else names
 
 
 def prune(
@@ -89,9 +136,22 @@ def prune(
     inputs: Mapping[str, np.ndarray] | None = None,
     rtol: float = RTOL,
     atol: float = ATOL,
+    calib=None,
+    compensation: str = "own",
+    reconstruct: bool = False,
+    gram_budget: int = GRAM_BUDGET,
 ) -> PruneResult:
     """Prune `source` into `destination`; the output is written only if verification passes.
-    The oracle runs on `inputs` when given (real data), else on random ones at `input_shapes`."""
+    The oracle runs on `inputs` when given (real data), else on random ones at `input_shapes`.
+
+    `calib` is the calibration data for criteria and compensation that need it: a
+    `graphprune.data.CalibrationSource`, a path to an .npz file, a mapping of input name ->
+    stacked samples, or "data-free". `compensation` "own" runs the criterion's own compensation
+    (fluctuation: FLAP's bias, obspa: the OBS update, condition: mask tuning), `reconstruct`
+    adds layer-wise least-squares reconstruction. With a replayed `plan`, the plan's criterion
+    decides the own compensation."""
+    from graphprune.passes import compensation as compensation_pass
+    from graphprune.passes import importance
     from graphprune.passes.slice_channels import slice_channels
 
     _check_paths(source, destination)
@@ -104,7 +164,29 @@ def prune(
         seconds[stage] = round(now - clock, 3)
         clock = now
 
+    criterion = plan.criterion if plan is not None else criterion
+    try:
+        scorer = importance(criterion) if plan is None else None
+        passes = [
+            compensation_pass(n) for n in compensation_names(criterion, compensation, reconstruct)
+        ]
+    except KeyError as err:
+        raise BadInput(err.args[0]) from None
+    needs_data = bool(passes) or (scorer is not None and scorer.needs_data)
+    needs_gram = any(p.needs_gram for p in passes) or (scorer is not None and scorer.needs_gram)
+    if needs_data and calib is None:
+        what = (
+            f"criterion '{criterion}'"
+            if scorer is not None and scorer.needs_data
+            else ("compensation " + "+".join(p.name for p in passes))
+        )
+        raise BadInput(
+            f"{what} needs calibration data: pass --calib FILE.npz (or --calib-images, "
+            "--calib-text) or --data-free"
+        )
+
     analysis = analyze(source)
+    dep = analysis.dep
     lap("load+analyze")
     if plan is not None:
         if plan.model != analysis.fingerprint:
@@ -112,37 +194,54 @@ def prune(
                 f"plan was made for another graph (fingerprint {plan.model}, "
                 f"this model is {analysis.fingerprint})"
             )
-        removals = plan.removals(analysis.dep)
+        removals = plan.removals(dep)
+        scored = [dep.group(group_id) for group_id in removals]
     else:
-        scores = score(analysis, criterion, seed)
+        scored = [g for g in in_scope(dep.groups, scopes) if g.prunable]
+    stats = None
+    if needs_data:
+        data = batches(CalibrationSource.of(calib), analysis.work, input_shapes)
+        stats = calibrate(analysis.work, dep, scored, data, needs_gram, gram_budget)
+        lap("calibrate")
+    if plan is None:
+        scores = score(analysis, criterion, seed, stats, scored)
         lap("score")
-        groups = in_scope(analysis.dep.groups, scopes)
-        removals = allocate(groups, scores, ratio, allocation, round_to)
-        plan = Plan.from_removals(
-            analysis.dep, removals, analysis.fingerprint, criterion, ratio, allocation
-        )
+        costs = {g.id: unit_params(g, dep.index.shapes) for g in scored}
+        removals = allocate(scored, scores, ratio, allocation, round_to, costs=costs)
+        plan = Plan.from_removals(dep, removals, analysis.fingerprint, criterion, ratio, allocation)
     lap("allocate")
-    pruned = slice_channels(analysis.work, analysis.dep, removals)
-    lap("rewrite")
+    update = _compensate(passes, dep, removals, stats, seed)
+    if passes:
+        lap("compensate")
     if inputs is None:
         inputs = random_inputs(analysis.work, seed, input_shapes)
     check_feeds(analysis.work, inputs, source)
     shapes = {name: value.shape for name, value in inputs.items()}
     before = replace(analysis.original, macs=count_macs(analysis.work, shapes))
+    moved = None
+    if update is not None:
+        # what compensation does to the outputs: dense, and pruned without it (the pruned
+        # model computes what the masked one does, and is smaller to hold)
+        with exposed(analysis.work, []):  # without inferred sizes, as the oracle runs it
+            dense = run(analysis.work, inputs)
+        uncompensated = slice_channels(analysis.work, dep, removals)
+        without = run(uncompensated, inputs)
+        del uncompensated
+    pruned, new_biases = _rewrite(analysis, removals, update, stats)
+    lap("rewrite")
     after = summarize(pruned, None, shapes)
+    if update is not None:
+        moved = _movement(
+            [p.name for p in passes], update, new_biases, dense, without, pruned, inputs
+        )
+        del dense, without
+        lap("measure compensation")
     checks = []
     if verify:
-        # the working copy is not needed past this point: the oracle masks it in place
+        # the working copy is not needed past this point: the oracle masks it in place (with
+        # compensation applied, the masked model is the compensated original)
         checks = oracle(
-            analysis.work,
-            pruned,
-            analysis.dep,
-            removals,
-            inputs,
-            providers,
-            rtol,
-            atol,
-            in_place=True,
+            analysis.work, pruned, dep, removals, inputs, providers, rtol, atol, in_place=True
         )
         lap("verify")
     result = PruneResult(
@@ -150,17 +249,107 @@ def prune(
         before=before,
         after=after,
         checks=checks,
-        groups=len(analysis.dep.groups),
-        prunable_groups=sum(g.prunable for g in analysis.dep.groups),
+        groups=len(dep.groups),
+        prunable_groups=sum(g.prunable for g in dep.groups),
         seconds=seconds,
+        calibration=stats.summary() if stats is not None else None,
+        compensation=moved,
     )
-    del analysis  # the working copy (every original weight) is done with: free it before writing
+    del analysis, dep  # the working copy (every original weight) is done with: free it
     gc.collect()
     if result.passed:
         result.after.bytes = loading.save(pruned, destination, check=True)
         result.written = True
     lap("write")
+    result.peak_rss_bytes = peak_rss_bytes()
     return result
+
+
+def _compensate(
+    passes: list, dep: DepGraph, removals: Mapping[str, np.ndarray], stats, seed: int
+) -> Update | None:
+    """The passes' Updates for every pruned group, merged in order: a later pass's weights
+    replace an earlier one's, and where a later pass rewrites a layer's weight, an earlier
+    pass's bias delta for that layer is dropped (least-squares reconstruction fits the kept
+    weights to the dense output itself; FLAP's bias on top would count the mean twice)."""
+    from graphprune.passes import ScoreContext
+
+    if not passes or not removals:
+        return None
+    context = ScoreContext(constants=dep.index.constants, stats=stats, seed=seed)
+    consumers = stats.by_node()
+    merged = Update()
+    for compensation_pass in passes:
+        found = [
+            compensation_pass.compensate(dep.group(group_id), np.asarray(units), context)
+            for group_id, units in progress(
+                removals.items(), f"compensating ({compensation_pass.name})"
+            )
+        ]
+        update = merge(found)
+        rewritten = {c.node for c in consumers.values() if c.weight in update.weights}
+        merged.bias_deltas = {p: d for p, d in merged.bias_deltas.items() if p not in rewritten}
+        merged = merge([merged, update])
+    return merged
+
+
+def _rewrite(
+    analysis: Analysis, removals: Mapping[str, np.ndarray], update: Update | None, stats
+) -> tuple[onnx.ModelProto, list[NewBias]]:
+    """Apply `update` to the working model, slice it, then insert the Adds of biases that had
+    no constant to go into, in both the working model (the oracle's reference) and the pruned
+    one (cut to the kept output channels)."""
+    from graphprune.passes.slice_channels import slice_channels
+
+    new_biases: list[NewBias] = []
+    if update is not None:
+        new_biases = apply_update(analysis.work, stats.by_node(), update)
+    pruned = slice_channels(analysis.work, analysis.dep, removals)
+    if new_biases:
+        insert_biases(analysis.work, new_biases)
+        insert_biases(pruned, new_biases, lambda space: kept_indices(analysis.dep, removals, space))
+    return pruned, new_biases
+
+
+def kept_indices(
+    dep: DepGraph, removals: Mapping[str, np.ndarray], space: Space
+) -> np.ndarray | None:
+    """Indices of `space` that pruning keeps (None when no pruned group holds it)."""
+    for group_id, units in removals.items():
+        group = dep.group(group_id)
+        if space in group.sizes:
+            removed = group.indices(space, np.asarray(units))
+            return np.setdiff1d(np.arange(group.sizes[space]), removed)
+    return None
+
+
+def _movement(names, update, new_biases, dense, without, pruned, inputs) -> dict:
+    """How far the pruned outputs are from the dense ones with and without compensation."""
+    with_outputs = run(pruned, inputs)
+
+    def distances(outputs) -> list[dict]:
+        return [
+            {"name": c.name, "max_abs": c.max_abs, "cosine": c.cosine}
+            for c in compare(dense, outputs)
+        ]
+
+    return {
+        "passes": names,
+        "updated_weights": len(update.weights),
+        "bias_deltas": len(update.bias_deltas),
+        "new_adds": len(new_biases),
+        "with": distances(with_outputs),
+        "without": distances(without),
+    }
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size so far (its whole life, not one stage)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def _check_paths(source: str | Path, destination: str | Path) -> None:
