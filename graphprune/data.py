@@ -149,7 +149,7 @@ def _stacked(
     total = len(next(iter(samples.values())))
     if source.samples is not None:
         total = min(total, source.samples)
-    if size > total:
+    if fixed and size > total:
         raise BadInput(
             f"calibration data has {total} samples, fewer than one batch of {size} "
             "(the model's static batch size)"

@@ -60,3 +60,46 @@ def test_global_ranks_across_groups_after_normalizing_and_caps_each_group():
 def test_ties_break_by_lower_index():
     removals = allocate([group("a", 6)], {"a": np.ones(6)}, 0.5)
     assert removals["a"].tolist() == [0, 1, 2]
+
+
+def test_adaptive_standardizes_each_group_and_spends_a_parameter_budget():
+    groups = [group("heads", 4), group("mlp", 8)]
+    # raw scales differ 1000x; standardized, heads are [-1.34, -0.45, 0.45, 1.34] and mlp
+    # runs from -1.53 to 1.53 in equal steps
+    scores = {"heads": np.array([1000.0, 2000, 3000, 4000]), "mlp": np.arange(8.0)}
+    costs = {"heads": np.full(4, 10.0), "mlp": np.ones(8)}
+    # budget 0.25 * (40 + 8) = 12 parameters: mlp 0 (z -1.53, 1), head 0 (-1.34, 10), mlp 1
+    # (-1.09, 1); the next, mlp 2 (-0.65), would pass the budget
+    removals = allocate(groups, scores, 0.25, mode="adaptive", costs=costs)
+    assert removals["heads"].tolist() == [0]
+    assert removals["mlp"].tolist() == [0, 1]
+
+
+def test_adaptive_ignores_the_scale_of_a_groups_scores():
+    groups = [group("a", 6), group("b", 6)]
+    base = np.array([3.0, 1, 4, 1.5, 5, 9])
+    one = allocate(groups, {"a": base, "b": base + 0.5}, 0.5, mode="adaptive")
+    scaled = allocate(groups, {"a": base * 1e6, "b": base * 1e-3}, 0.5, mode="adaptive")
+    assert {k: v.tolist() for k, v in one.items()} == {k: v.tolist() for k, v in scaled.items()}
+    assert sum(len(v) for v in one.values()) == 6  # unit costs: half of the 12 units
+
+
+def test_adaptive_keeps_a_unit_per_group_and_honours_round_to():
+    groups = [group("a", 4), group("b", 16)]
+    scores = {"a": np.array([0.0, 0, 0, 1e-9]), "b": np.linspace(0, 1, 16)}
+    removals = allocate(groups, scores, 0.9, mode="adaptive")
+    assert len(removals["a"]) == 3  # never emptied
+    rounded = allocate(groups, scores, 0.5, mode="adaptive", round_to=4)
+    assert all((n.n_units - len(rounded.get(n.id, []))) % 4 == 0 for n in groups)
+
+
+def test_unit_params_count_every_slice_a_unit_removes():
+    from graphprune.allocate import unit_params
+    from tests.graphs import analyze, group_with
+    from tests.test_importance import conv_bn_conv
+
+    made, _ = conv_bn_conv()
+    _, dep = analyze(made)
+    g = group_with(dep, "c.w", 0)
+    # conv row 3*3*3 + bias 1 + BN scale, bias, mean, var 4 + next conv's column 4*1*1
+    np.testing.assert_array_equal(unit_params(g, dep.index.shapes), np.full(6, 27 + 1 + 4 + 4))

@@ -293,3 +293,102 @@ def test_declared_output_shapes_are_kept_even_where_inference_knows_better(tmp_p
     assert main(["prune", str(source), str(out), "--providers", "cpu"]) == 0
     declared = onnx.load(out).graph.output[0].type.tensor_type.shape.dim
     assert declared[0].dim_param == "out_batch" and declared[1].dim_value == 5
+
+
+# -- calibration data, data-driven criteria and compensation ------------------------------------
+
+
+@pytest.mark.parametrize("criterion", ["fluctuation", "wanda"])
+def test_a_criterion_that_needs_data_without_data_is_one_line_exit_2(
+    criterion, cnn_path, tmp_path, capsys
+):
+    out = tmp_path / "o.onnx"
+    assert main(["prune", str(cnn_path), str(out), "--criterion", criterion]) == 2
+    line = one_error_line(capsys)
+    assert f"criterion '{criterion}' needs calibration data" in line
+    assert "--calib" in line and "--data-free" in line
+    assert not out.exists()
+
+
+def test_reconstruct_without_data_is_one_line_exit_2(cnn_path, tmp_path, capsys):
+    assert main(["prune", str(cnn_path), str(tmp_path / "o.onnx"), "--reconstruct"]) == 2
+    assert "compensation reconstruct needs calibration data" in one_error_line(capsys)
+
+
+@pytest.fixture
+def calib_npz(tmp_path):
+    path = tmp_path / "calib.npz"
+    np.savez(path, x=np.random.default_rng(0).standard_normal((12, 3, 8, 8)).astype(np.float32))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing_file", "cannot read calibration data"),
+        ("wrong_key", "has keys ['image'] that are not model inputs"),
+        ("wrong_shape", "expects 8 on axis 2"),
+        ("two_sources", "not allowed with argument"),
+    ],
+)
+def test_bad_calibration_data_is_one_line_exit_2(case, message, cnn_path, tmp_path, capsys):
+    path = tmp_path / "c.npz"
+    extra = []
+    if case == "wrong_key":
+        np.savez(path, image=np.zeros((2, 3, 8, 8), np.float32))
+    elif case == "wrong_shape":
+        np.savez(path, x=np.zeros((2, 3, 7, 8), np.float32))
+    elif case == "two_sources":
+        np.savez(path, x=np.zeros((2, 3, 8, 8), np.float32))
+        extra = ["--data-free"]
+    argv = ["prune", str(cnn_path), str(tmp_path / "o.onnx"), "--criterion", "fluctuation"]
+    try:
+        code = main([*argv, "--calib", str(path), *extra])
+    except SystemExit as stop:  # usage errors leave through argparse
+        code = stop.code
+    assert code == 2
+    assert message in one_error_line(capsys)
+
+
+def test_fluctuation_with_data_reports_calibration_and_compensation_in_valid_json(
+    cnn_path, calib_npz, tmp_path, capsys
+):
+    from tests.test_commands import validate
+
+    out = tmp_path / "o.onnx"
+    argv = ["prune", str(cnn_path), str(out), "--criterion", "fluctuation", "--json"]
+    assert main([*argv, "--calib", str(calib_npz), "--allocation", "adaptive"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    validate(document, "prune.schema.json")
+    assert document["calibration"]["source"] == f"npz:{calib_npz}"
+    assert document["calibration"]["samples"] == 12  # static batch 1: 12 batches
+    assert document["calibration"]["batches"] == 12 and document["calibration"]["gram_bytes"] == 0
+    assert document["compensation"]["passes"] == ["bias"]
+    assert document["plan"]["criterion"] == "fluctuation"
+    assert document["plan"]["allocation"] == "adaptive"
+    assert "calibrate" in document["seconds"] and document["peak_rss_bytes"] > 0
+    with_, without = document["compensation"]["with"][0], document["compensation"]["without"][0]
+    assert with_["name"] == without["name"] == "y"
+    assert with_["cosine"] > without["cosine"]  # bias compensation moves the outputs back
+
+
+def test_data_free_reconstruct_and_no_compensation_in_text_output(cnn_path, tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    argv = ["prune", str(cnn_path), str(out), "--criterion", "l2", "--data-free"]
+    assert main([*argv, "--reconstruct", "--calib-samples", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "calibration: data-free, 8 samples in 8 batches" in text
+    assert "compensation reconstruct" in text and "PASSED  zero-then-prune oracle on cpu" in text
+    argv = ["prune", str(cnn_path), str(out), "--criterion", "fluctuation", "--data-free"]
+    assert main([*argv, "--compensation", "none", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["compensation"] is None and document["calibration"]["samples"] == 128
+
+
+def test_an_unregistered_compensation_is_one_line_exit_2(cnn_path, tmp_path, capsys, monkeypatch):
+    from graphprune.passes import COMPENSATION
+
+    monkeypatch.delitem(COMPENSATION, "bias")
+    argv = ["prune", str(cnn_path), str(tmp_path / "o.onnx"), "--criterion", "fluctuation"]
+    assert main([*argv, "--data-free"]) == 2
+    assert "compensation 'bias' is not registered" in one_error_line(capsys)
