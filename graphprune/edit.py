@@ -28,7 +28,7 @@ class ConstantStore:
         return numpy_helper.to_array(onnx.helper.get_attribute_value(node.attribute[0]))
 
     def set(self, name: str, value: np.ndarray) -> None:
-        tensor = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        tensor = numpy_helper.from_array(_contiguous(value), name)
         if name in self._initializers:
             self._initializers[name].CopyFrom(tensor)
             return
@@ -43,14 +43,14 @@ class ConstantStore:
             n += 1
             name = f"{hint}_{n}"
         self._taken.add(name)
-        tensor = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        tensor = numpy_helper.from_array(_contiguous(value), name)
         self.model.graph.initializer.append(tensor)
         self._initializers[name] = self.model.graph.initializer[-1]
         return name
 
     def add_named(self, name: str, value: np.ndarray) -> None:
         """A new initializer called exactly `name` (the caller knows the name is free)."""
-        tensor = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        tensor = numpy_helper.from_array(_contiguous(value), name)
         self.model.graph.initializer.append(tensor)
         self._initializers[name] = self.model.graph.initializer[-1]
 
@@ -109,3 +109,8 @@ def set_dim(dim: onnx.TensorShapeProto.Dimension, size: int | str) -> None:
         dim.dim_value = size
     else:
         dim.dim_param = size
+
+
+def _contiguous(value: np.ndarray) -> np.ndarray:
+    """`value` in C order, keeping its rank (np.ascontiguousarray makes a scalar 1-D)."""
+    return np.asarray(value, order="C")

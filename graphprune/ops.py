@@ -652,18 +652,29 @@ def reduce(ctx: RuleContext) -> None:
 
 def expand(ctx: RuleContext) -> None:
     """Expand: axes already at the target size pass through; their target entries are rewritten
-    (an entry of 1 or -1 keeps the input's size and needs no rewrite)."""
+    (an entry of 1 or -1 keeps the input's size and needs no rewrite).
+
+    An axis broadcast from size 1 holds identical copies of one slice: any of them can go, with
+    nothing to remove upstream, and its target entry follows the output's new size. That is how
+    the query heads of MQA (one key/value head, `repeat_kv` = Unsqueeze + Expand + Reshape) can
+    be pruned one by one."""
     x, y = ctx.input(0), ctx.output(0)
     rx, ry = ctx.rank(x), ctx.rank(y)
     target_length = ctx.size(ctx.input(1), 0)
     if rx is None or ry is None or target_length is None:
         return
-    for a in range(rx):
-        out_axis = a + ry - rx
-        if ctx.size(x, a) is None or ctx.size(x, a) != ctx.size(y, out_axis):
+    for out_axis in range(ry):
+        a = out_axis - (ry - rx)  # the input axis, if any
+        k = out_axis - (ry - target_length)  # the target entry, if any
+        in_size = ctx.size(x, a) if a >= 0 else 1
+        out_size = ctx.size(y, out_axis)
+        if in_size is None or out_size is None or (in_size != out_size and in_size != 1):
             continue
-        k = out_axis - (ry - target_length)
         entry = shape_entry(ctx, 1, k) if k >= 0 else None
+        if in_size == 1:
+            if out_size > 1 and k >= 0:
+                _broadcast_copies(ctx, Space(y, out_axis), entry)
+            continue
         if k >= 0 and entry is None:
             ctx.block(Space(x, a), "Expand target entry comes from a non-constant subgraph")
             continue
@@ -672,10 +683,19 @@ def expand(ctx: RuleContext) -> None:
         ctx.link(Space(x, a), Space(y, out_axis))
 
 
+def _broadcast_copies(ctx: RuleContext, space: Space, entry: ShapeEntry | None) -> None:
+    """`space` is an axis an Expand broadcasts from size 1: copies of one slice."""
+    if entry is None or entry.value != ctx.size(space.tensor, space.axis):
+        ctx.block(space, "Expand target entry of a broadcast axis is not a constant")
+        return
+    ctx.fix(entry.fix(space))
+    ctx.tolerate(space)
+
+
 def shape_reader(ctx: RuleContext) -> None:
     """Shape/Size read sizes: a pruned size would change the values they produce. Only the axes
     actually read are blocked: Shape's start/end, narrowed further when every reader is a
-    Gather of constant indices (the batch and sequence sizes exporters fetch)."""
+    Gather or Slice of constants (the batch and sequence sizes exporters fetch)."""
     x = ctx.input(0)
     rank = ctx.rank(x)
     if rank is None:
@@ -685,7 +705,8 @@ def shape_reader(ctx: RuleContext) -> None:
     else:
         start, end = ctx.attr("start", 0), ctx.attr("end", rank)
         read = set(range(rank)[start:end])
-        read = _gathered(ctx, sorted(read)) or read
+        picked = _picked(ctx, sorted(read))
+        read = read if picked is None else picked
     for a in range(rank):
         if a in read:
             ctx.block(Space(x, a), f"{ctx.node.op_type} reads this tensor's size")
@@ -693,16 +714,45 @@ def shape_reader(ctx: RuleContext) -> None:
             ctx.tolerate(Space(x, a))
 
 
-def _gathered(ctx: RuleContext, axes: list[int]) -> set[int] | None:
-    """The axes picked out of this Shape's output when all its readers are constant Gathers."""
+def _picked(ctx: RuleContext, axes: list[int]) -> set[int] | None:
+    """The axes picked out of this Shape's output when every reader is a Gather of constant
+    indices or a Slice of constant bounds (how exporters fetch batch and sequence); None when
+    some reader uses the whole vector. A Shape nobody reads reads nothing."""
+    if ctx.output(0) in ctx.index.graph_outputs:
+        return None
     picked: set[int] = set()
+    entries = np.arange(len(axes))
     for position in ctx.index.consumers.get(ctx.output(0), []):
         reader = ctx.index.node(position)
-        indices = ctx.const(reader.input[1]) if reader.op_type == "Gather" else None
-        if indices is None:
+        chosen = _picked_entries(ctx, reader, entries)
+        if chosen is None:
             return None
-        picked.update(axes[int(i)] for i in np.asarray(indices).reshape(-1))
+        picked.update(axes[int(i)] for i in chosen)
     return picked
+
+
+def _picked_entries(ctx: RuleContext, reader: onnx.NodeProto, entries: np.ndarray):
+    if reader.domain not in ("", "ai.onnx") or reader.input[0] != ctx.output(0):
+        return None
+    if reader.op_type == "Gather" and attribute(reader, "axis", 0) == 0:
+        indices = ctx.const(reader.input[1])
+        n = len(entries)
+        if indices is None or not np.all((-n <= indices) & (indices < n)):
+            return None
+        return entries[np.asarray(indices, dtype=np.int64).reshape(-1)]
+    if reader.op_type == "Slice":
+        bounds = [ctx.const(name) if name else None for name in list(reader.input[1:5])]
+        bounds += [None] * (4 - len(bounds))
+        starts, ends, axes, steps = bounds
+        if starts is None or ends is None or starts.size != 1 or ends.size != 1:
+            return None
+        if axes is not None and int(axes.reshape(-1)[0]) not in (0, -1):
+            return None
+        step = 1 if steps is None else int(steps.reshape(-1)[0])
+        if step == 0:
+            return None
+        return entries[slice(int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0]), step)]
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -793,9 +843,32 @@ def reshape_segments(src: tuple, dst: tuple) -> list[tuple[list[int], list[int]]
 
     Dimensions may be symbolic (exported batch and sequence): a symbol pairs with the same
     symbol on the other side, one to one; static runs between symbols factorize as usual.
+    Runs are paired from the left, then from the right; what neither reaches is one middle
+    run, which holds every symbol that changes (GPT-2's Conv1D flattens [b, s, E] to
+    [b*s, E], whose first dim inference names anew). Its products are equal because the
+    element count is, so the runs on both sides of it stay paired; no static axis of the
+    middle run is carried (link_reshape links nothing there).
     """
     if any(d is None for d in (*src, *dst)):
         return None
+    head, i, j = _segments_from_left(src, dst)
+    if (i, j) == (len(src), len(dst)):
+        return head
+    tail_reversed, ri, rj = _segments_from_left(src[i:][::-1], dst[j:][::-1])
+    tail = [
+        (sorted(len(src) - 1 - a for a in src_axes), sorted(len(dst) - 1 - b for b in dst_axes))
+        for src_axes, dst_axes in reversed(tail_reversed)
+    ]
+    middle = list(range(i, len(src) - ri)), list(range(j, len(dst) - rj))
+    if not middle[0] or not middle[1]:
+        return None
+    if not any(isinstance(d, str) for d in (*src[i : len(src) - ri], *dst[j : len(dst) - rj])):
+        return None  # static runs that do not factorize: a real regrouping
+    return [*head, middle, *tail]
+
+
+def _segments_from_left(src: tuple, dst: tuple) -> tuple[list, int, int]:
+    """The runs paired from the left, and where pairing stopped (src, dst positions)."""
     segments, i, j = [], 0, 0
     while i < len(src) or j < len(dst):
         if i < len(src) and j < len(dst) and isinstance(src[i], str) and src[i] == dst[j]:
@@ -813,11 +886,11 @@ def reshape_segments(src: tuple, dst: tuple) -> list[tuple[list[int], list[int]]
             elif q < p and j < len(dst) and isinstance(dst[j], int):
                 q, j = q * dst[j], j + 1
             else:
-                return None
+                return segments, start_i, start_j
         if (start_i, start_j) == (i, j):
-            return None  # a symbol with no partner
+            return segments, start_i, start_j  # a symbol with no partner
         segments.append((list(range(start_i, i)), list(range(start_j, j))))
-    return segments
+    return segments, i, j
 
 
 def link_reshape(ctx: RuleContext, x: str, y: str, shuffle_check: bool = False) -> list[int]:
@@ -836,6 +909,10 @@ def link_reshape(ctx: RuleContext, x: str, y: str, shuffle_check: bool = False) 
         return []
     carried = []
     for src_axes, dst_axes in segments:
+        if any(isinstance(src[a], str) for a in src_axes) or any(
+            isinstance(dst[a], str) for a in dst_axes
+        ):
+            continue  # symbols (a pair, or the middle run): no channel is carried
         big_src = [a for a in src_axes if isinstance(src[a], int) and src[a] > 1]
         big_dst = [a for a in dst_axes if isinstance(dst[a], int) and dst[a] > 1]
         if not big_src or not big_dst:
@@ -1186,3 +1263,54 @@ def rule_for(node: onnx.NodeProto) -> Rule | None:
     if node.domain == "com.microsoft":
         return CONTRIB_RULES.get(node.op_type)
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixture of experts (issue 6). Channel rules only: the expert axis of MoE ops is not a channel
+# (zeroing an expert is not removing it); graphprune.moe traces it with its own -inf semantics.
+# ---------------------------------------------------------------------------------------------
+
+
+def ms_moe(ctx: RuleContext) -> None:
+    """com.microsoft MoE: y = sum_{e in top-k} w_e * fc2_e(act(fc1_e(x))), weights stacked
+    [E, out, in]: fc1 [E, F*I, H] (F = 2 with fused SwiGLU: gate/up rows interleaved when
+    swiglu_fusion=1, concatenated when 2), fc2 [E, H, I], fc3 [E, I, H], biases [E, .].
+    Hidden channel h: column h of fc1/fc3 reads it, row h of fc2 (and its bias) makes it.
+    Intermediate channel i (shared by every expert's index i): its fc1/fc3 rows and biases make
+    it, column i of fc2 reads it. Token axes pass through; the expert axis is left unlinked."""
+    x, y = ctx.input(0), ctx.output(0)
+    fc1, fc1_bias, fc2, fc2_bias = (ctx.input(i) for i in (2, 3, 4, 5))
+    fc3, fc3_bias = ctx.input(6), ctx.input(7)
+    rank, fc1_shape = ctx.rank(x), ctx.shape(fc1)
+    activation = ctx.attr("activation_type", b"relu")
+    fusion = ctx.attr("swiglu_fusion", 0) if activation in (b"swiglu", b"geglu") else 0
+    if rank is None or fc1_shape is None or ctx.size(fc2, 2) is None:
+        return
+    for axis in range(rank - 1):
+        ctx.link(Space(x, axis), Space(y, axis))
+    for weight, role in ((fc1, Role.IN), (fc3, Role.IN)):
+        if weight:
+            ctx.link(Space(x, rank - 1), Space(weight, 2))
+            ctx.role(Space(weight, 2), role)
+    for made in (fc2, fc2_bias):
+        if made:
+            ctx.link(Space(made, 1), Space(y, rank - 1))
+            ctx.role(Space(made, 1), Role.OUT)
+    width = ctx.size(fc2, 2)
+    rows = np.arange(fc1_shape[1])
+    owner = {0: rows, 1: rows // 2, 2: rows % width}.get(fusion)
+    if owner is None:
+        ctx.block(Space(fc2, 2), f"MoE swiglu_fusion={fusion} has no rule")
+        return
+    ctx.role(Space(fc2, 2), Role.IN)
+    for made in (fc1, fc1_bias):
+        if made:
+            ctx.link(Space(made, 1), Space(fc2, 2), (rows, owner))
+            ctx.role(Space(made, 1), Role.OUT)
+    for made in (fc3, fc3_bias):
+        if made:
+            ctx.link(Space(made, 1), Space(fc2, 2))
+            ctx.role(Space(made, 1), Role.OUT)
+
+
+CONTRIB_RULES["MoE"] = ms_moe

@@ -30,7 +30,7 @@ import onnx
 from onnx.reference import ReferenceEvaluator
 
 from graphprune.edit import ConstantStore, set_dim
-from graphprune.graph import GraphIndex, attribute
+from graphprune.graph import GraphIndex, all_inputs, attribute
 from graphprune.load import infer_shapes
 
 
@@ -39,8 +39,11 @@ def prepare(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
     model = model if in_place else _copy(model)
     declared = list(model.graph.value_info)  # what the file states; kept, never replaced
     _fold_constant_identities(model)
-    _fold_static_shape_arithmetic(model, declared)
-    _resolve_inferred_reshape_entries(model, declared)
+    for _ in range(PREPARE_ROUNDS):  # a resolved -1 makes sizes read from its output static
+        _fold_static_shape_arithmetic(model, declared)
+        if not _resolve_inferred_reshape_entries(model, declared):
+            break
+    _unfold_merge_round_trips(model, declared)
     _untie_shared_vectors(model)
     return model
 
@@ -114,13 +117,25 @@ NEVER_FOLD = {
 }
 
 
+PREPARE_ROUNDS = 3
+
+
 def _fold_static_shape_arithmetic(model: onnx.ModelProto, declared: list) -> None:
-    """Replace nodes computable from constants and static shapes by their values."""
+    """Replace nodes computable from constants and static sizes by their values.
+
+    A `Shape` of a tensor with some dynamic dimensions is a partly known vector: its static
+    entries (head counts, head_dim) are constants in disguise, its symbolic ones (batch,
+    sequence) are not. A `Gather` or `Slice` that picks only static entries out of it is folded;
+    the rest stays computed, so dynamic axes stay dynamic.
+    """
     index = _shaped_index(model, declared)
     known: ChainMap[str, np.ndarray] = ChainMap({}, index.constants)
+    partial: dict[str, list] = {}  # Shape outputs with some entries unknown: int or None each
     folded: dict[int, list[np.ndarray]] = {}
     for position, node in enumerate(model.graph.node):
         values = _evaluate(node, known, index)
+        if values is None:
+            values = _pick_static(node, known, partial, index)
         if values is None:
             continue
         folded[position] = values
@@ -135,6 +150,51 @@ def _fold_static_shape_arithmetic(model: onnx.ModelProto, declared: list) -> Non
                 return  # a graph output stays computed; stop rather than half-fold
             store.add_named(name, value)
         del model.graph.node[position]
+
+
+def _pick_static(
+    node: onnx.NodeProto, known: Mapping[str, np.ndarray], partial: dict[str, list], index
+) -> list[np.ndarray] | None:
+    """Record a `Shape` of a partly static tensor in `partial`; fold a `Gather` (constant
+    indices) or `Slice` (constant bounds) of such a vector when every entry it picks is
+    static."""
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Shape":
+        dims = index.shapes.get(node.input[0])
+        if dims is not None:
+            start, end = attribute(node, "start", 0), attribute(node, "end", None)
+            partial[node.output[0]] = [d if isinstance(d, int) else None for d in dims][start:end]
+        return None
+    source = partial.get(node.input[0]) if node.input else None
+    if source is None:
+        return None
+    entries = np.arange(len(source))
+    if node.op_type == "Gather" and attribute(node, "axis", 0) == 0 and node.input[1] in known:
+        picked = np.asarray(known[node.input[1]])
+        if picked.dtype.kind not in "iu" or not np.all(
+            (-len(source) <= picked) & (picked < len(source))
+        ):
+            return None
+        picked = entries[picked]
+    elif node.op_type == "Slice" and all(name in known for name in node.input[1:] if name):
+        bounds = [np.asarray(known[name]).reshape(-1) if name else None for name in node.input[1:5]]
+        bounds += [None] * (4 - len(bounds))
+        starts, ends, axes, steps = bounds
+        if len(starts) != 1 or (axes is not None and int(axes[0]) not in (0, -1)):
+            return None
+        step = 1 if steps is None else int(steps[0])
+        if step == 0:
+            return None
+        picked = entries[slice(int(starts[0]), int(ends[0]), step)]
+    else:
+        return None
+    values = [source[int(i)] for i in picked.reshape(-1)]
+    if any(v is None for v in values):
+        if node.op_type == "Slice" or picked.ndim == 1:
+            partial[node.output[0]] = values  # a narrower partly known vector
+        return None
+    return [np.array(values, dtype=np.int64).reshape(picked.shape)]
 
 
 def _evaluate(
@@ -221,7 +281,8 @@ def _expand_sizes(model: onnx.ModelProto, index: GraphIndex) -> dict[str, list]:
     Inference cannot see through TorchScript's `Where(Equal(t, -1), 1, t)` expand targets and
     names those output dims `unk__N`; the following reshape then cannot be factorized. Each
     output dim is the input's where that is not 1, else the target entry, which `shape_entry`
-    reads from the literal it comes from.
+    reads from the literal it comes from (or, for an entry computed at run time, whatever
+    inference said: never a guessed 1).
     """
     from graphprune.ops import RuleContext, shape_entry
 
@@ -235,13 +296,19 @@ def _expand_sizes(model: onnx.ModelProto, index: GraphIndex) -> dict[str, list]:
         ctx = RuleContext(index, position, sink=None)
         dims = []
         for k, dim in enumerate(source):
-            entry = shape_entry(ctx, 1, k) if dim == 1 else None
-            dims.append(dim if dim != 1 else (entry.value if entry and entry.value > 0 else 1))
+            if dim != 1:
+                dims.append(dim)
+                continue
+            entry = shape_entry(ctx, 1, k)
+            if entry is None:  # a size read at run time: what inference said, if anything
+                dims.append(output[k])
+            else:
+                dims.append(entry.value if entry.value > 0 else 1)
         sizes[node.output[0]] = dims
     return sizes
 
 
-def _resolve_inferred_reshape_entries(model: onnx.ModelProto, declared: list) -> None:
+def _resolve_inferred_reshape_entries(model: onnx.ModelProto, declared: list) -> int:
     """Write the value of a Reshape target's -1 where the rest of the target determines it.
 
     Exporters split heads with `[batch, seq, -1, head_dim]`, batch and seq read at run time
@@ -254,10 +321,14 @@ def _resolve_inferred_reshape_entries(model: onnx.ModelProto, declared: list) ->
     literal = {t.name for t in model.graph.initializer}
     literal |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
     if all(n.op_type != "Reshape" or n.input[1] in literal for n in model.graph.node):
-        return  # every target is a literal already (most CNNs): nothing to resolve
+        return 0  # every target is a literal already (most CNNs): nothing to resolve
+    total = 0
     for _ in range(RESOLVE_ROUNDS):  # a resolved split makes the matching merge resolvable
-        if not _resolve_reshape_entries_once(model, declared):
-            return
+        resolved = _resolve_reshape_entries_once(model, declared)
+        if not resolved:
+            break
+        total += resolved
+    return total
 
 
 RESOLVE_ROUNDS = 3
@@ -346,3 +417,116 @@ def _shape_read(index: GraphIndex, name: str, k: int) -> int | str | None:
 def _dim_of(index: GraphIndex, tensor: str, axis: int) -> int | str | None:
     shape = index.shapes.get(tensor)
     return shape[axis] if shape is not None and 0 <= axis < len(shape) else None
+
+
+def _unfold_merge_round_trips(model: onnx.ModelProto, declared: list) -> None:
+    """Replace Reshape (merge) -> Transpose -> Reshape (split back) by the one Transpose it is.
+
+    Dynamo writes sdpa's k^T as `Reshape(k, [-1, s, d])`, `Transpose(0, 2, 1)`, `Reshape([b, h,
+    d, s])`: batch and heads are merged into one symbolic axis and split back. No rule can carry
+    heads through the merged axis, yet the three ops only swap the last two axes. When the first
+    Reshape merges one run of adjacent axes and keeps every other axis as it is, the Transpose
+    moves the merged axis as a whole, and the second Reshape splits it into the same sizes in
+    the same order (symbols compared by name) and keeps every other axis, the result is
+    `Transpose(x, perm)` with the run kept together: same values, every size explicit.
+    """
+    if not any(n.op_type == "Reshape" for n in model.graph.node):
+        return
+    index = _shaped_index(model, declared)
+    replaced = {}
+    for position, node in enumerate(model.graph.node):
+        if node.op_type == "Reshape" and node.domain in ("", "ai.onnx"):
+            found = _round_trip(index, node)
+            if found is not None:
+                replaced[position] = found
+    if not replaced:
+        return
+    graph = model.graph
+    for position, (source, perm) in replaced.items():
+        old = graph.node[position]
+        new = onnx.helper.make_node(
+            "Transpose",
+            [source],
+            [old.output[0]],
+            name=f"{old.name or old.output[0]}_unfolded",
+            perm=perm,
+        )
+        graph.node[position].CopyFrom(new)
+    _remove_dead_nodes(model)
+
+
+def _round_trip(index: GraphIndex, split: onnx.NodeProto) -> tuple[str, list[int]] | None:
+    """(x, perm) when `split` ends a merge -> Transpose -> split round trip of x."""
+    from graphprune.ops import reshape_segments
+
+    transpose = _sole_producer(index, split.input[0], "Transpose")
+    merge = transpose and _sole_producer(index, transpose.input[0], "Reshape")
+    if merge is None:
+        return None
+    x, y, z, w = merge.input[0], merge.output[0], split.input[0], split.output[0]
+    shapes = [index.shapes.get(t) for t in (x, y, z, w)]
+    if any(s is None or None in s for s in shapes):
+        return None
+    xs, ys, zs, ws = shapes
+    perm = attribute(transpose, "perm") or list(reversed(range(len(ys))))
+    merged = _one_merge(reshape_segments(xs, ys), xs, ys)
+    if merged is None:
+        return None
+    run, m = merged  # x's axes `run` are y's axis m
+    unmerged = _one_merge(reshape_segments(ws, zs), ws, zs)
+    if (
+        unmerged is None
+        or perm[unmerged[1]] != m
+        or [ws[a] for a in unmerged[0]] != [xs[a] for a in run]
+    ):
+        return None
+    if not any(isinstance(xs[a], str) for a in run):
+        return None  # a static merge: the rules carry it already
+    to_x = _one_to_one(reshape_segments(xs, ys))  # y axis -> x axis, outside the run
+    result = []
+    for j in range(len(zs)):
+        result.extend(run if perm[j] == m else [to_x[perm[j]]])
+    if [xs[a] for a in result] != list(ws):
+        return None
+    return x, result
+
+
+def _one_merge(segments, src, dst) -> tuple[list[int], int] | None:
+    """(run of src axes, dst axis) when the segments keep every axis one to one with the same
+    size except for one run of at least two src axes merged into one dst axis."""
+    if segments is None:
+        return None
+    merges = []
+    for src_axes, dst_axes in segments:
+        if len(src_axes) == 1 and len(dst_axes) == 1 and src[src_axes[0]] == dst[dst_axes[0]]:
+            continue
+        if len(src_axes) >= 2 and len(dst_axes) == 1:
+            merges.append((src_axes, dst_axes[0]))
+        else:
+            return None
+    return merges[0] if len(merges) == 1 else None
+
+
+def _one_to_one(segments) -> dict[int, int]:
+    return {dst[0]: src[0] for src, dst in segments if len(src) == 1 and len(dst) == 1}
+
+
+def _sole_producer(index: GraphIndex, name: str, op_type: str) -> onnx.NodeProto | None:
+    """The node of type `op_type` that produces `name`, when `name` has no other reader."""
+    position = index.producer.get(name)
+    if position is None or len(index.consumers.get(name, [])) != 1 or name in index.graph_outputs:
+        return None
+    node = index.node(position)
+    return node if node.op_type == op_type and node.domain in ("", "ai.onnx") else None
+
+
+def _remove_dead_nodes(model: onnx.ModelProto) -> None:
+    """Delete nodes whose outputs nothing reads (what a rewrite leaves behind)."""
+    graph = model.graph
+    while True:
+        used = {o.name for o in graph.output} | {n for node in graph.node for n in all_inputs(node)}
+        dead = [i for i, node in enumerate(graph.node) if not used.intersection(node.output)]
+        if not dead:
+            return
+        for i in reversed(dead):
+            del graph.node[i]

@@ -41,6 +41,7 @@ def slice_channels(
             pruned.graph.initializer.append(numpy_helper.from_array(value, tensor.name))
         else:
             pruned.graph.initializer.append(tensor)
+    del pruned.graph.value_info[:]  # the analysis's inferred shapes: stale once sizes change
     if not removed_indices:
         return pruned
     store = ConstantStore(pruned)
@@ -57,7 +58,6 @@ def slice_channels(
 
     for fix in _fixes(dep, removals):
         fix.apply(pruned, store, size, kept)
-    del pruned.graph.value_info[:]
     remove_unused(pruned)
     return pruned
 

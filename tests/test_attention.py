@@ -59,7 +59,10 @@ class Block(torch.nn.Module):
 
 def export(path, kv_heads: int, exporter: str) -> None:
     torch.manual_seed(0)
-    block = Block(kv_heads).eval()
+    export_module(Block(kv_heads).eval(), path, exporter)
+
+
+def export_module(block, path, exporter: str) -> None:
     x = torch.randn(2, 8, HIDDEN)
     if exporter == "torchscript":
         torch.onnx.export(
@@ -189,3 +192,105 @@ def test_inspect_lists_attention_mlp_and_hidden_size_per_layer(tmp_path, capsys)
     assert by_what["hidden size"]["width"] == HIDDEN and not by_what["hidden size"]["prunable"]
     assert main(["inspect", str(source)]) == 0
     assert "4 heads / 2 kv" in capsys.readouterr().out
+
+
+class HFBlock(torch.nn.Module):
+    """Attention as transformers writes it, in the three styles whose exports needed more than
+    the Block above: `llama` (GQA; repeat_kv and rotate_half read sizes from `x.shape` at run
+    time, so the head count and head_dim come out of Shape -> Gather), `gpt2` (Conv1D: the
+    projection flattens [b, s, E] to [b*s, E], addmm, views back, then splits q/k/v) and `sdpa`
+    (F.scaled_dot_product_attention, which dynamo writes with k^T as Reshape-Transpose-Reshape
+    through a merged batch*heads axis). kv_heads=1 is MQA."""
+
+    def __init__(self, style: str, kv_heads: int = HEADS):
+        super().__init__()
+        self.style, self.kv = style, kv_heads
+        kv_width = kv_heads * HEAD_DIM
+        if style == "gpt2":
+            self.qkv = torch.nn.Parameter(torch.randn(HIDDEN, 3 * HIDDEN) * 0.1)
+            self.qkv_bias = torch.nn.Parameter(torch.randn(3 * HIDDEN) * 0.1)
+        else:
+            self.q = torch.nn.Linear(HIDDEN, HEADS * HEAD_DIM)
+            self.k = torch.nn.Linear(HIDDEN, kv_width)
+            self.v = torch.nn.Linear(HIDDEN, kv_width)
+        self.o = torch.nn.Linear(HEADS * HEAD_DIM, HIDDEN)
+
+    @staticmethod
+    def rotate_half(x):
+        half = x.shape[-1] // 2
+        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+    @staticmethod
+    def repeat_kv(x, n_rep: int):
+        batch, kv_heads, seq, head_dim = x.shape  # read at run time, as transformers does
+        x = x[:, :, None, :, :].expand(batch, kv_heads, n_rep, seq, head_dim)
+        return x.reshape(batch, kv_heads * n_rep, seq, head_dim)
+
+    def project(self, x):
+        batch, seq, _ = x.shape
+        if self.style == "gpt2":
+            size_out = x.size()[:-1] + (3 * HIDDEN,)  # noqa: RUF005 (as GPT-2 writes it)
+            qkv = torch.addmm(self.qkv_bias, x.view(-1, x.size(-1)), self.qkv).view(size_out)
+            return [t.view(batch, seq, -1, HEAD_DIM).transpose(1, 2) for t in qkv.split(HIDDEN, 2)]
+        q = self.q(x).view(batch, seq, -1, HEAD_DIM).transpose(1, 2)
+        k = self.k(x).view(batch, seq, -1, HEAD_DIM).transpose(1, 2)
+        v = self.v(x).view(batch, seq, -1, HEAD_DIM).transpose(1, 2)
+        if self.style == "llama":
+            angle = torch.arange(HEAD_DIM, dtype=torch.float32) / HEAD_DIM
+            q = q * angle.cos() + self.rotate_half(q) * angle.sin()
+            k = k * angle.cos() + self.rotate_half(k) * angle.sin()
+        return q, k, v
+
+    def forward(self, x):
+        batch, seq, _ = x.shape
+        q, k, v = self.project(x)
+        if self.style == "sdpa":
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, enable_gqa=self.kv != HEADS
+            )
+        else:
+            k, v = self.repeat_kv(k, HEADS // self.kv), self.repeat_kv(v, HEADS // self.kv)
+            scores = torch.softmax(q @ k.transpose(-1, -2) / HEAD_DIM**0.5, dim=-1)
+            out = scores @ v
+        return x + self.o(out.transpose(1, 2).reshape(batch, seq, HEADS * HEAD_DIM))
+
+
+HF_CASES = [
+    ("llama", 2, "torchscript", "kv-group", 2),
+    ("llama", 2, "dynamo", "kv-group", 2),
+    ("llama", 1, "torchscript", "head", HEADS),  # MQA: the query heads go one by one
+    ("llama", 1, "dynamo", "head", HEADS),
+    ("gpt2", HEADS, "torchscript", "head", HEADS),
+    ("gpt2", HEADS, "dynamo", "head", HEADS),
+    ("sdpa", HEADS, "dynamo", "head", HEADS),
+]
+
+
+@pytest.mark.parametrize(
+    ("style", "kv_heads", "exporter", "kind", "units"),
+    HF_CASES,
+    ids=[f"{s}-{kv}kv-{e}" for s, kv, e, _, _ in HF_CASES],
+)
+def test_transformers_style_attention_prunes_exactly_and_stays_dynamic(
+    style, kv_heads, exporter, kind, units, tmp_path
+):
+    source = tmp_path / "block.onnx"
+    torch.manual_seed(0)
+    export_module(HFBlock(style, kv_heads).eval(), source, exporter)
+    attention = [g for g in analyze(source).dep.groups if g.kind != "channel"]
+    assert [(g.kind, g.n_units) for g in attention] == [(kind, units)]
+    assert attention[0].prunable, attention[0].blocked
+    for ratio in (0.25, 0.5):
+        out = tmp_path / f"{ratio}.onnx"
+        result = prune(
+            source,
+            out,
+            ratio=ratio,
+            scopes=("heads",),
+            providers=("cpu",),
+            input_shapes={"x": (2, 8, HIDDEN)},
+        )
+        assert result.passed, [c.line() for c in result.checks]
+        x = np.random.default_rng(1).standard_normal((3, 5, HIDDEN), np.float32)
+        assert run(onnx.load(out), {"x": x})["y"].shape == (3, 5, HIDDEN)
+    assert result.after.params < result.before.params

@@ -687,3 +687,226 @@ def test_reduce_mean_with_axes_attribute_before_opset_18():
     _, dep = analyze(made)
     assert ("g.w", 0) in members(group_with(dep, "c.w", 0))
     prune_every_group(made)
+
+
+# -- sizes read at run time, merged symbolic axes, broadcast copies (transformer exports) -----
+
+
+def test_static_size_read_from_a_partly_dynamic_shape_is_folded_so_the_channel_can_go():
+    """`c.shape[1]` of a [1, C, height, 8] map is the constant C (a Gather of a static entry of
+    Shape); the Reshape target built from it follows C when channels go, and `height` (a
+    symbolic entry) stays read at run time."""
+    consts = {
+        "c.w": weight(6, 3, 1, 1),
+        "g.w": weight(6, 4),
+        "one": ints(1),
+        "minus_one": ints(-1),
+        "axis": ints(1),
+        "zero": ints(0),
+    }
+    nodes = [
+        node("Conv", ["x", "c.w"], ["c"]),
+        node("Shape", ["c"], ["shape"]),
+        node("Gather", ["shape", "axis"], ["channels"], axis=0),
+        node("Concat", ["one", "channels", "minus_one"], ["target"], axis=0),
+        node("Reshape", ["c", "target"], ["r"]),
+        node("ReduceMean", ["r"], ["m"], axes=[2], keepdims=0),
+        node("MatMul", ["m", "g.w"], ["y"]),
+    ]
+    made = model(nodes, {"x": (1, 3, "height", 8)}, {"y": (1, 4)}, consts, opset=13)
+    work, dep = analyze(made)
+    group = group_with(dep, "c.w", 0)
+    assert group.prunable, group.blocked
+    assert {("c", 1), ("r", 1), ("g.w", 0)} <= members(group)
+    assert "Gather" not in {n.op_type for n in work.graph.node}
+    prune_every_group(made)
+
+
+def test_shape_read_through_slices_blocks_only_the_axes_it_picks():
+    consts = {"c.w": weight(6, 3, 1, 1), "g.w": weight(6, 4), "lo": ints(2), "hi": ints(3)}
+    nodes = [
+        node("Conv", ["x", "c.w"], ["c"]),
+        node("Shape", ["c"], ["shape"]),
+        node("Slice", ["shape", "lo", "hi"], ["height"]),  # reads axis 2 only
+        node("Cast", ["height"], ["h"], to=1),
+        node("ReduceMean", ["c"], ["m"], axes=[2, 3], keepdims=0),
+        node("MatMul", ["m", "g.w"], ["y"]),
+    ]
+    made = model(nodes, {"x": (1, 3, "height", 8)}, {"y": (1, 4), "h": (1,)}, consts, opset=13)
+    _, dep = analyze(made)
+    assert group_with(dep, "c.w", 0).prunable
+
+
+def test_expand_broadcast_axis_loses_copies_and_its_target_follows():
+    """MQA: one key head broadcast to the 4 query heads (Expand of a size-1 axis); a query head
+    can go on its own, taking its copy of the key head, which itself stays."""
+    consts = {
+        "q.w": weight(16, 64),
+        "k.w": weight(16, 16),
+        "o.w": weight(64, 16),
+        "heads": ints(2, 4, 16),
+        "one_head": ints(2, 1, 16),
+        "width": ints(2, 64),
+    }
+    nodes = [
+        node("MatMul", ["x", "q.w"], ["q"]),
+        node("Reshape", ["q", "heads"], ["qh"]),
+        node("MatMul", ["x", "k.w"], ["k"]),
+        node("Reshape", ["k", "one_head"], ["kh"]),
+        node("Expand", ["kh", "heads"], ["ke"]),
+        node("Mul", ["qh", "ke"], ["s"]),
+        node("Reshape", ["s", "width"], ["m"]),
+        node("MatMul", ["m", "o.w"], ["y"]),
+    ]
+    made = model(nodes, {"x": (2, 16)}, ["y"], consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "q.w", 1)
+    assert group.kind == "head" and group.n_units == 4 and group.prunable
+    assert ("ke", 1) in members(group) and ("o.w", 0) in members(group)
+    assert not any(space.tensor == "k.w" for space in group.sizes)
+    pruned, _, removals = prune_every_group(made)
+    expand = next(n for n in pruned.graph.node if n.op_type == "Expand")
+    assert initializer(pruned, expand.input[1]).tolist() == [2, 4 - len(removals[group.id]), 16]
+
+
+def test_expand_broadcast_axis_with_a_run_time_target_blocks():
+    consts = {"q.w": weight(16, 64), "k.w": weight(16, 16), "heads": ints(2, 4, 16)}
+    consts |= {"one_head": ints(2, 1, 16), "o.w": weight(64, 16), "width": ints(2, 64)}
+    nodes = [
+        node("MatMul", ["x", "q.w"], ["q"]),
+        node("Reshape", ["q", "heads"], ["qh"]),
+        node("MatMul", ["x", "k.w"], ["k"]),
+        node("Reshape", ["k", "one_head"], ["kh"]),
+        node("Shape", ["t"], ["run_time"]),  # the whole vector: nothing to fold
+        node("Expand", ["kh", "run_time"], ["ke"]),
+        node("Mul", ["qh", "ke"], ["s"]),
+        node("Reshape", ["s", "width"], ["m"]),
+        node("MatMul", ["m", "o.w"], ["y"]),
+    ]
+    made = model(nodes, {"x": (2, 16), "t": ("n", 4, 16)}, {"y": (2, 16)}, consts)
+    _, dep = analyze(made)
+    assert not group_with(dep, "q.w", 1).prunable
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "segments"),
+    [
+        (("b", "s", 64), ("n", 64), [([0, 1], [0]), ([2], [1])]),  # GPT-2 Conv1D flatten
+        (("n", 192), ("b", "s", 192), [([0], [0, 1]), ([1], [2])]),  # and back
+        (("b", 4, "s", 16), ("n", "s", 16), [([0, 1], [0]), ([2], [1]), ([3], [2])]),
+        (("b", "s", 4, 16), ("b", "s", 64), [([0], [0]), ([1], [1]), ([2, 3], [2])]),
+        ((6, 4), (4, 6), [([0, 1], [0, 1])]),  # a static regrouping stays one run
+        ((6, 4), (5, 4), None),
+    ],
+)
+def test_reshape_runs_are_paired_from_both_ends_around_merged_symbols(src, dst, segments):
+    from graphprune.ops import reshape_segments
+
+    assert reshape_segments(src, dst) == segments
+
+
+def test_conv1d_style_flatten_gemm_unflatten_carries_channels():
+    """GPT-2's Conv1D: [b, s, E] -> [-1, E] -> Gemm -> [b, s, N] (b and s read at run time)."""
+    consts = {
+        "flat": ints(-1, 16),
+        "fc.w": weight(16, 32),
+        "fc.b": weight(32),
+        "n": ints(32),
+        "proj.w": weight(32, 16),
+        "proj.b": weight(16),
+        "e": ints(16),
+        "i0": ints(0),
+        "i1": ints(1),
+    }
+    nodes = [
+        node("Shape", ["x"], ["shape"]),
+        node("Gather", ["shape", "i0"], ["b"], axis=0),
+        node("Gather", ["shape", "i1"], ["s"], axis=0),
+        node("Reshape", ["x", "flat"], ["x2"]),
+        node("Gemm", ["x2", "fc.w", "fc.b"], ["h2"]),
+        node("Concat", ["b", "s", "n"], ["h_shape"], axis=0),
+        node("Reshape", ["h2", "h_shape"], ["h"]),
+        node("Relu", ["h"], ["r"]),
+        node("Reshape", ["r", "flat_32"], ["r2"]),
+        node("Gemm", ["r2", "proj.w", "proj.b"], ["y2"]),
+        node("Concat", ["b", "s", "e"], ["y_shape"], axis=0),
+        node("Reshape", ["y2", "y_shape"], ["y"]),
+    ]
+    consts["flat_32"] = ints(-1, 32)
+    made = model(nodes, {"x": ("batch", "seq", 16)}, ["y"], consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "fc.w", 1)
+    assert group.prunable, group.blocked
+    assert {("h2", 1), ("h", 2), ("r", 2), ("r2", 1), ("proj.w", 0)} <= members(group)
+    pruned, _, _ = prune_every_group(made)
+    from graphprune.verify import run
+
+    x = np.random.default_rng(1).standard_normal((3, 5, 16)).astype(np.float32)
+    assert run(pruned, {"x": x})["y"].shape == (3, 5, 16)
+
+
+def test_merge_transpose_split_round_trip_becomes_one_transpose():
+    """sdpa's k^T under dynamo: [b, h, s, d] -> [b*h, s, d] -> swap -> [b, h, d, s]."""
+    consts = {
+        "k.w": weight(16, 32),
+        "heads": ints(0, 0, 2, 16),
+        "merged": ints(-1, 5, 16),
+        "q.w": weight(16, 32),
+        "o.w": weight(32, 16),
+        "lo": ints(0),
+        "two": ints(2),
+        "d_s": ints(16, 5),
+        "width": ints(0, 0, 32),
+    }
+    nodes = [
+        node("MatMul", ["x", "q.w"], ["q"]),
+        node("Reshape", ["q", "heads"], ["q4"]),
+        node("Transpose", ["q4"], ["qh"], perm=[0, 2, 1, 3]),
+        node("MatMul", ["x", "k.w"], ["k"]),
+        node("Reshape", ["k", "heads"], ["k4"]),
+        node("Transpose", ["k4"], ["kh"], perm=[0, 2, 1, 3]),
+        node("Shape", ["kh"], ["k_shape"]),
+        node("Slice", ["k_shape", "lo", "two"], ["b_h"]),
+        node("Reshape", ["kh", "merged"], ["k3"]),
+        node("Transpose", ["k3"], ["kt3"], perm=[0, 2, 1]),
+        node("Concat", ["b_h", "d_s"], ["kt_shape"], axis=0),
+        node("Reshape", ["kt3", "kt_shape"], ["kt"]),
+        node("MatMul", ["qh", "kt"], ["scores"]),
+        node("Softmax", ["scores"], ["p"], axis=-1),
+        node("MatMul", ["p", "qh"], ["a"]),
+        node("Transpose", ["a"], ["a4"], perm=[0, 2, 1, 3]),
+        node("Reshape", ["a4", "width"], ["m"]),
+        node("MatMul", ["m", "o.w"], ["y"]),
+    ]
+    made = model(nodes, {"x": ("b", 5, 16)}, ["y"], consts)
+    work, dep = analyze(made)
+    transposes = [n for n in work.graph.node if n.output[0] == "kt"]
+    assert transposes[0].op_type == "Transpose"
+    group = group_with(dep, "q.w", 1)
+    assert group.kind == "head" and group.prunable, group.blocked
+    assert ("k.w", 1) in members(group)
+    prune_every_group(made)
+
+
+def test_expand_to_a_run_time_size_keeps_what_inference_knows():
+    """Expand(mask [1, 1, 1, s], Shape(m [b, 1, 1, s])) is [b, 1, 1, s]: a run-time target entry
+    must not be taken for 1 (that once made onnxruntime reuse a batch-1 buffer at batch 3)."""
+    nodes = [
+        node("Max", ["a", "c"], ["m"]),
+        node("Shape", ["m"], ["shape"]),
+        node("Expand", ["c", "shape"], ["e"]),
+        node("Add", ["e", "a"], ["y"]),
+    ]
+    made = model(nodes, {"a": ("b", 1, 1, "s"), "c": (1, 1, 1, "s")}, ["y"], {})
+    work, _ = analyze(made)
+    from graphprune.graph import GraphIndex
+
+    assert GraphIndex.build(work).shapes["e"][0] != 1
+
+
+def test_a_folded_scalar_stays_a_scalar():
+    from graphprune.edit import ConstantStore
+
+    store = ConstantStore(model([node("Relu", ["x"], ["y"])], {"x": (2,)}, ["y"], {}))
+    store.add_named("scalar", np.array(3, dtype=np.int64))
+    assert store.get("scalar").shape == ()
