@@ -48,6 +48,7 @@ from models.entry import (
     ZooEntry,
     hint,
 )
+from models.moe_zoo import MOE_ENTRIES
 from models.transformers_zoo import TRANSFORMER_ENTRIES
 
 OPSETS = {"torchscript": 17, "dynamo": 18}
@@ -242,7 +243,7 @@ _ENTRIES = [
     ),
 ]
 
-ZOO: dict[str, ZooEntry] = {e.name: e for e in (*_ENTRIES, *TRANSFORMER_ENTRIES)}
+ZOO: dict[str, ZooEntry] = {e.name: e for e in (*_ENTRIES, *TRANSFORMER_ENTRIES, *MOE_ENTRIES)}
 
 
 # --------------------------------------------------------------------------- export

@@ -11,9 +11,12 @@ import importlib.util
 
 from graphprune.passes import (  # noqa: F401  (registration)
     bias_compensation,
+    expert_frequency,
+    expert_norm,
     fluctuation,
     magnitude,
     random_importance,
+    stun,
     wanda,
 )
 from graphprune.passes.base import (
