@@ -53,9 +53,10 @@ output replaced by its input, or folded), `removed` (only in A, its neighbourhoo
 removed from replaced; the row says why nothing in the other graph fitted).
 
 Heads and KV groups come from graphprune's own analysis of each side (a projection whose
-weight is in a head or kv-group group gets that group's counts); MLP width and experts are
-fields of each row so the JSON format does not change when mixture-of-experts analysis fills
-them, and stay null until then (nothing here guesses them from shapes).
+weight is in a head or kv-group group gets that group's counts); experts likewise (a router or
+a stacked [E, ...] expert weight of a mixture-of-experts layer gets its expert count, from
+`graphprune.moe`). MLP width is a field of each row so the JSON format does not change when
+MLP analysis fills it, and stays null until then (nothing here guesses it from shapes).
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class Layer:
     down: set = field(default_factory=set)  # nearest layers downstream and ("out", name)
     heads: int | None = None  # attention heads the layer projects to or from
     kv_groups: int | None = None  # GQA/MQA key/value heads
+    experts: int | None = None  # experts a router or a stacked [E, ...] expert weight spans
 
     @property
     def family(self) -> str:
@@ -149,9 +151,9 @@ class Layer:
             "macs": self.macs,
             "heads": self.heads,
             "kv_groups": self.kv_groups,
-            # filled by mixture-of-experts analysis later; never guessed here
+            # filled by MLP analysis later; never guessed here
             "mlp_width": None,
-            "experts": None,
+            "experts": self.experts,
         }
 
 
@@ -223,9 +225,11 @@ def _row_text(row: dict) -> str:
     a, b = row["a"], row["b"]
     kept = "" if row["kept_ratio"] is None else f" kept {row['kept_ratio']:.3f}"
     reason = f"  ({row['reason']})" if row["reason"] else ""
+    has_experts = any(side and side["experts"] is not None for side in (a, b))
+    experts = f" experts {_span(a, b, 'experts')}" if has_experts else ""
     return (
         f"{row['index'] + 1:>4} {row['status']:<9} {row['op']:<10} in {_span(a, b, 'in')} "
-        f"out {_span(a, b, 'out')}{kept}  {_span(a, b, 'name', ' -> ')}{reason}"
+        f"out {_span(a, b, 'out')}{experts}{kept}  {_span(a, b, 'name', ' -> ')}{reason}"
     )
 
 
@@ -353,8 +357,10 @@ def _side(path: str | Path, input_shapes: Mapping[str, tuple[int, ...]] | None) 
 
 
 def _attach_heads(layers: list[Layer], path: str | Path) -> None:
-    """Heads and key/value groups per projection, from graphprune's analysis of the model."""
+    """Heads and key/value groups per projection, and experts per router or stacked expert
+    weight, from graphprune's analysis of the model."""
     from graphprune.errors import GraphpruneError
+    from graphprune.moe import find_layers
     from graphprune.pipeline import analyze
 
     try:
@@ -366,9 +372,27 @@ def _attach_heads(layers: list[Layer], path: str | Path) -> None:
         if group.kind in ("head", "kv-group"):
             for space in group.roles:
                 counts[space.tensor] = analysis.dep.attention_counts(group)
+    experts = {
+        space.tensor: (moe.n_experts, space.axis)
+        for moe in find_layers(analysis.dep)
+        for space in moe.constants
+    }
     for layer in layers:
         if layer.weight in counts:
             layer.heads, layer.kv_groups = counts[layer.weight]
+        if layer.weight in experts:
+            layer.experts, axis = experts[layer.weight]
+            layer.structure = _without_expert_axis(layer.structure, axis)
+
+
+def _without_expert_axis(structure: tuple, axis: int) -> tuple:
+    """A stacked expert weight's batch axes are part of its MatMul structure; the expert axis
+    among them is not (removing experts shrinks it), so both sides pair by name."""
+    if len(structure) == 3 and structure[0] == "linear" and axis < len(structure[2]):
+        batch = list(structure[2])
+        batch[axis] = "experts"
+        return (*structure[:2], tuple(batch))
+    return structure
 
 
 def _inferred_shapes(

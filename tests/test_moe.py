@@ -251,6 +251,21 @@ def test_prune_experts_refuses_models_without_experts(tmp_path):
         prune_experts(source, tmp_path / "out.onnx", 0.5)
 
 
+def test_diff_reports_experts_before_and_after_on_router_and_stacked_weights(tmp_path):
+    from graphprune.diff import diff
+
+    source = tmp_path / "moe.onnx"
+    onnx.save(routed_block(), source)
+    prune_experts(source, tmp_path / "out.onnx", 0.5, "l2", providers=("cpu",))
+    rows = diff(source, tmp_path / "out.onnx").as_dict()["layers"]
+    experts = {
+        (r["a"] or r["b"])["weight"]: (r["a"] and r["a"]["experts"], r["b"] and r["b"]["experts"])
+        for r in rows
+    }
+    assert experts["router.w"] == (E, 2)
+    assert experts["e0.w1"] == (None, None)  # a per-expert weight spans no expert axis
+
+
 # ---------------------------------------------------------------------------------------------
 # Expert-MLP channels
 # ---------------------------------------------------------------------------------------------
@@ -345,3 +360,35 @@ def test_router_statistics_count_top_k_choices_of_the_logits():
     assert stats.tokens == 2 * T and list(stats.counts) == list(expected)
     assert np.array_equal(np.diag(stats.coactivation), stats.counts)
     assert stats.coactivation.sum() == 2 * T * K * K
+
+
+# ---------------------------------------------------------------------------------------------
+# Real exports: every MoE form of the zoo, both exporters
+# ---------------------------------------------------------------------------------------------
+
+MOE_ZOO = ["moe_mixtral", "moe_mixtral_mask", "moe_qwen", "moe_dense", "moe_fused"]
+MOE_ZOO += ["mixtral_tiny_hf", "qwen2moe_tiny_hf"]
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+@pytest.mark.parametrize("name", MOE_ZOO)
+def test_zoo_moe_loses_half_its_experts_exactly(name, exporter, tmp_path):
+    from models.zoo import ZOO, example_inputs, export
+
+    if not ZOO[name].available():
+        pytest.skip(f"{name} needs {ZOO[name].missing_modules()}")
+    source = export(name, exporter)
+    layers = expert_counts(source)
+    assert len(layers) == 2 and all(x.prunable and x.experts == 4 for x in layers)
+    inputs = example_inputs(ZOO[name])
+    for criterion in ("stun", "frequency", "l2"):
+        out = tmp_path / f"{criterion}.onnx"
+        mlp = 0.25 if criterion == "l2" and not name.endswith("_hf") else 0.0
+        result = prune_experts(
+            source, out, 0.5, criterion, inputs=inputs, providers=("cpu",), expert_mlp_ratio=mlp
+        )
+        assert result.passed, result.lines()
+        assert [x.experts for x in expert_counts(out)] == [2, 2]
+        assert result.after.params < result.before.params
+        assert result.expert_mlp_groups > 0 or not mlp
