@@ -464,25 +464,70 @@ def _prune_expert_mlp(
     rtol: float,
     atol: float,
 ) -> tuple[onnx.ModelProto, list[Check], int]:
-    """Prune `ratio` of each expert-MLP channel group (L2), with the zero-then-prune oracle."""
+    """Prune `ratio` of every expert's intermediate channels (L2), each expert on its own:
+    per-expert branches through the channel groups (zero-then-prune oracle), stacked [E, ...]
+    weights through `passes.expert_channels` (its per-expert zero-then-prune oracle)."""
     from graphprune.allocate import allocate
     from graphprune.passes import ScoreContext, importance
+    from graphprune.passes.expert_channels import (
+        lowest_per_expert,
+        per_expert_scores,
+        prune_expert_channels,
+        zero_expert_channels,
+    )
     from graphprune.passes.slice_channels import slice_channels
 
+    checks, pruned_groups = [], 0
     analysis = analyze_model(model)
-    layers = find_layers(analysis.dep)
-    wanted = expert_mlp_groups(analysis.dep, layers)
-    groups = [g for g in analysis.dep.groups if g.id in wanted and g.prunable]
-    scorer = importance("l2")
-    context = ScoreContext(constants=analysis.dep.index.constants)
-    scores = {g.id: scorer.score(g, context) for g in groups}
-    removals = allocate(groups, scores, ratio)
-    pruned = slice_channels(analysis.work, analysis.dep, removals)
-    checks = []
-    if verify:
-        checks = channel_oracle(
-            analysis.work, pruned, analysis.dep, removals, inputs, providers, rtol, atol
-        )
-        for check in checks:
-            check.what = "expert-MLP zero-then-prune oracle"
-    return pruned, checks, len(removals)
+    layers = {layer.name: layer for layer in find_layers(analysis.dep)}
+    wanted = expert_mlp_groups(analysis.dep, list(layers.values()))
+    own = [g for g in analysis.dep.groups if g.prunable and g.id in wanted]
+    branch_groups = [g for g in own if not wanted[g.id].endswith(" all experts")]
+    if branch_groups:
+        scorer, context = importance("l2"), ScoreContext(analysis.dep.index.constants)
+        scores = {g.id: scorer.score(g, context) for g in branch_groups}
+        removals = allocate(branch_groups, scores, ratio)
+        model = slice_channels(analysis.work, analysis.dep, removals)
+        if verify:
+            checks += _named(
+                channel_oracle(
+                    analysis.work, model, analysis.dep, removals, inputs, providers, rtol, atol
+                ),
+                "expert-MLP zero-then-prune oracle",
+            )
+        pruned_groups += len(removals)
+        analysis = analyze_model(model)
+        layers = {layer.name: layer for layer in find_layers(analysis.dep)}
+        wanted = expert_mlp_groups(analysis.dep, list(layers.values()))
+    stacked = [
+        g
+        for g in analysis.dep.groups
+        if g.prunable and wanted.get(g.id, "").endswith(" all experts")
+    ]
+    constants = analysis.dep.index.constants
+    jobs = []
+    for group in stacked:
+        layer = layers[wanted[group.id].removesuffix(" all experts")]
+        removed = lowest_per_expert(per_expert_scores(group, layer, constants), ratio)
+        if removed.shape[1]:
+            jobs.append((group, layer, removed))
+    if jobs:
+        model = prune_expert_channels(analysis.work, jobs, constants)
+        if verify:
+            reference = zero_expert_channels(analysis.work, jobs, constants)
+            for provider in providers:
+                check = Check("stacked expert-MLP zero-then-prune oracle", provider)
+                if provider == "cuda" and not cuda_available():
+                    check.skipped = "CUDAExecutionProvider not available (install graphprune[gpu])"
+                else:
+                    expected = run(reference, inputs, provider)
+                    check.outputs = compare(expected, run(model, inputs, provider), rtol, atol)
+                checks.append(check)
+        pruned_groups += len(jobs)
+    return model, checks, pruned_groups
+
+
+def _named(checks: list[Check], what: str) -> list[Check]:
+    for check in checks:
+        check.what = what
+    return checks

@@ -298,6 +298,36 @@ def test_fused_moe_intermediate_channel_owns_its_interleaved_gate_and_up_rows():
     assert all(c.passed for c in checks), [c.line() for c in checks]
 
 
+def test_stacked_experts_each_lose_their_own_channels_exactly():
+    from graphprune.passes.expert_channels import (
+        per_expert_scores,
+        prune_expert_channels,
+        zero_expert_channels,
+    )
+
+    work, dep, layer = only_layer(fused_block())
+    group = group_with(dep, "fc2", 2)
+    constants = dep.index.constants
+    fc1, fc2 = initializer(work, "fc1"), initializer(work, "fc2")
+    scores = per_expert_scores(group, layer, constants)
+    e, i = 2, 3  # expert 2's channel 3: its gate and up rows of fc1 and bias, its fc2 column
+    by_hand = (fc1[e, 2 * i : 2 * i + 2] ** 2).sum() + (fc2[e, :, i] ** 2).sum()
+    by_hand += (initializer(work, "fc1.b")[e, 2 * i : 2 * i + 2] ** 2).sum()
+    np.testing.assert_allclose(scores[e, i], by_hand, rtol=1e-5)
+    removed = np.array([[0, 1], [1, 2], [2, 3], [3, 4]])  # a different pair per expert
+    jobs = [(group, layer, removed)]
+    pruned = prune_expert_channels(work, jobs, constants)
+    assert initializer(pruned, "fc1").shape == (E, 2 * (W - 2), H)
+    np.testing.assert_array_equal(initializer(pruned, "fc2")[1], fc2[1][:, [0, 3, 4]])
+    inputs = random_inputs(work, seed=5)
+    expected = run(zero_expert_channels(work, jobs, constants), inputs)
+    got = run(pruned, inputs)
+    np.testing.assert_allclose(got["y"], expected["y"], rtol=1e-5, atol=1e-5)
+    shifted = [(group, layer, np.roll(removed, 1, axis=0))]  # the wrong experts' channels
+    wrong = run(zero_expert_channels(work, shifted, constants), inputs)
+    assert np.abs(wrong["y"] - got["y"]).max() > 1e-3
+
+
 # ---------------------------------------------------------------------------------------------
 # Selection
 # ---------------------------------------------------------------------------------------------
