@@ -26,10 +26,10 @@ re-fitting the kept columns (tests check this against a brute-force least-square
 
 The "obs" compensation applies the update after selection, unit after unit in the order given,
 with the downdate  H^-1 <- H^-1 - (H^-1)_{:,S} ((H^-1)_SS)^-1 (H^-1)_{S,:}  between removals
-(SparseGPT's sequence). Units are taken in blocks of about `BLOCK_COLUMNS` columns: for a
-quadratic loss, removing a block jointly equals removing its units one by one, so blocking
-changes the cost of the loop, not its result. The removed rows come out as zero; they are sliced
-away by the rewrite.
+(SparseGPT's sequence), keeping only the columns of H^-1 that later steps read. Units are taken
+in blocks of about `BLOCK_COLUMNS` columns: for a quadratic loss, removing a block jointly equals
+removing its units one by one, so blocking changes the cost of the loop, not its result. The
+removed rows come out as zero; they are sliced away by the rewrite.
 
 Groups that none of the calibrated consumers reads (no data about them) score by the L2
 magnitude of their weights, so they still get an order.
@@ -142,19 +142,26 @@ class ObspaImportance(ImportancePass):
 
 
 def obs_update(
-    weight: np.ndarray, h_inverse: np.ndarray, removal_order: list[np.ndarray]
+    weight: np.ndarray, hessian: np.ndarray, removal_order: list[np.ndarray]
 ) -> np.ndarray:
     """The weight after removing each column set of `removal_order` in turn with the OBS update
-    and the H^-1 downdate; removed rows are zero."""
-    weight, h_inverse = weight.copy(), h_inverse.copy()
+    and the H^-1 downdate; removed rows are zero.
+
+    Only the columns of H^-1 that a later step reads are kept up to date: the update for S
+    needs (H^-1)_{:,S}, and the downdate of those columns needs (H^-1)_{S,R} alone, so the
+    n x |R| slab (H^-1)_{:,R} (R: every removed column) is solved for once and downdated in
+    place; the full n x n inverse is never formed."""
+    removed = np.concatenate(removal_order)
+    slab = np.linalg.solve(hessian, np.eye(len(hessian))[:, removed])  # (H^-1)_{:,R}
+    weight = weight.copy()
+    start = 0
     for columns in removal_order:
-        solve = np.linalg.solve(h_inverse[np.ix_(columns, columns)], np.eye(len(columns)))
-        left = h_inverse[:, columns] @ solve  # (H^-1)_{:,S} ((H^-1)_SS)^-1
+        local = np.arange(start, start + len(columns))  # where S sits among R's columns
+        start += len(columns)
+        left = slab[:, local] @ np.linalg.inv(slab[columns][:, local])  # H^-1_{:,S} H^-1_SS^-1
         weight -= left @ weight[columns]
-        h_inverse -= left @ h_inverse[columns]
-        weight[columns] = 0.0
-        h_inverse[columns] = 0.0
-        h_inverse[:, columns] = 0.0
+        slab -= left @ slab[columns]
+    weight[removed] = 0.0  # zero in exact arithmetic; rounding leaves ~1e-16 behind
     return weight
 
 
@@ -184,11 +191,11 @@ class ObsCompensation(CompensationPass):
         stats: CalibrationStats = context.stats
         update = Update()
         for consumer in stats.consumers(group.id):
-            h_inverse = inverse(damped(gram_of(stats, consumer), damp_option(context)))
-            original = np.asarray(context.constants[consumer.weight])
             order = removal_blocks(column_units(consumer, group), removed, self.block_columns)
             if not order:
                 continue
-            weight = obs_update(consumer.matrix(original).astype(np.float64), h_inverse, order)
+            hessian = damped(gram_of(stats, consumer), damp_option(context))
+            original = np.asarray(context.constants[consumer.weight])
+            weight = obs_update(consumer.matrix(original).astype(np.float64), hessian, order)
             update.weights[consumer.weight] = consumer.from_matrix(weight, original)
         return update

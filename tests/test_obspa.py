@@ -185,9 +185,9 @@ def test_obs_update_solves_the_damped_refit_and_does_not_depend_on_the_sequence(
     for consumer in consumers:
         x, w = data[consumer.input], matrix_of(consumer, context.constants)
         units = column_units(consumer, group)
-        h_inverse = np.linalg.inv(damped_reference(x.T @ x, 0.01))
-        one_by_one = obs_update(w, h_inverse, removal_blocks(units, removed, block_columns=1))
-        all_at_once = obs_update(w, h_inverse, removal_blocks(units, removed, block_columns=10**6))
+        hessian = damped_reference(x.T @ x, 0.01)
+        one_by_one = obs_update(w, hessian, removal_blocks(units, removed, block_columns=1))
+        all_at_once = obs_update(w, hessian, removal_blocks(units, removed, block_columns=10**6))
         expected = ridge_refit(x, w, ~np.isin(units, removed), 0.01)
         np.testing.assert_allclose(one_by_one, expected, rtol=1e-7, atol=1e-9)
         np.testing.assert_allclose(all_at_once, expected, rtol=1e-7, atol=1e-9)
