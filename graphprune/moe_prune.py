@@ -433,7 +433,7 @@ def _average_clusters(
                 continue
             keep, members = cluster[0], list(cluster)
             for space in layer.stacked_spaces:
-                value = store.get(space.tensor)
+                value = store.get(space.tensor).copy()
                 moved = np.moveaxis(value, space.axis, 0)
                 moved[keep] = moved[members].mean(axis=0)
                 store.set(space.tensor, value)

@@ -380,6 +380,38 @@ def test_stun_coselection_pulls_experts_the_router_picks_together():
     assert list(Stun().select([layer], context, 0.34).removed["c"]) == [1]
 
 
+def test_stun_can_average_each_cluster_into_its_kept_expert(tmp_path):
+    source, out = tmp_path / "moe.onnx", tmp_path / "out.onnx"
+    made = routed_block()
+    onnx.save(made, source)
+    result = prune_experts(source, out, 0.5, "stun", providers=("cpu",), average_below=3)
+    assert result.passed  # the oracle masks the averaged model: removal stays exact
+    [layer] = result.layers
+    assert layer.after == 2 and len(layer.clusters) == 2
+    pruned = onnx.load(out)
+    for cluster in layer.clusters:
+        for name in ("w1", "w2"):
+            mean = np.mean([initializer(made, f"e{e}.{name}") for e in cluster], axis=0)
+            kept = initializer(pruned, f"e{cluster[0]}.{name}")
+            np.testing.assert_allclose(kept, mean, rtol=1e-6)
+
+
+def test_stun_averages_stacked_expert_slices_too(tmp_path):
+    source, out = tmp_path / "moe.onnx", tmp_path / "out.onnx"
+    made = fused_block()
+    onnx.save(made, source)
+    result = prune_experts(source, out, 0.5, "stun", providers=("cpu",), average_below=3)
+    assert result.passed
+    [layer] = result.layers
+    kept = sorted(c[0] for c in layer.clusters)
+    pruned = onnx.load(out)
+    for cluster in layer.clusters:
+        for name in ("fc1", "fc2", "fc1.b"):
+            mean = initializer(made, name)[cluster].mean(axis=0)
+            got = initializer(pruned, name)[kept.index(cluster[0])]
+            np.testing.assert_allclose(got, mean, rtol=1e-6)
+
+
 def test_router_statistics_count_top_k_choices_of_the_logits():
     work, _, layer = only_layer(routed_block())
     inputs = random_inputs(work, seed=4)
