@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from graphprune.calibrate import exposed
 from graphprune.graph import GraphIndex
 from graphprune.verify import session
 
@@ -111,13 +112,15 @@ def _functions_of(
 
 
 def _same_shape(index: GraphIndex, a: str, b: str) -> bool:
-    """False only when both shapes are known and differ (a broadcasting Add is no residual)."""
+    """False only when the ranks or two static sizes differ (a broadcasting Add is no residual;
+    two symbolic names may still be the same size)."""
     shape_a, shape_b = index.shapes.get(a), index.shapes.get(b)
     if shape_a is None or shape_b is None:
         return True
     if len(shape_a) != len(shape_b):
         return False
-    return all(x == y for x, y in zip(shape_a, shape_b, strict=True) if x is not None and y)
+    pairs = zip(shape_a, shape_b, strict=True)
+    return all(x == y for x, y in pairs if isinstance(x, int) and isinstance(y, int))
 
 
 def _downstream(index: GraphIndex, tensor: str, stop: int) -> set[int]:
@@ -180,12 +183,8 @@ def block_importance(
     The model gets the blocks' tensors as extra outputs for the run, and is restored after."""
     inputs = {v.name for v in model.graph.input}
     wanted = sorted({name for b in blocks for name in (b.stream, b.id)} - inputs)
-    added = _expose(model, wanted)
-    try:
+    with exposed(model, wanted):
         runner = session(model)
-    finally:
-        for _ in range(added):
-            model.graph.output.pop()
     sums, counts = np.zeros(len(blocks)), np.zeros(len(blocks))
     for feeds in batches:
         values = dict(zip(wanted, runner.run(wanted, dict(feeds)), strict=True))
@@ -205,19 +204,6 @@ def least_important(
     blocks = find_blocks(model)
     scores = block_importance(model, blocks, list(batches))
     return [blocks[i] for i in np.argsort(scores, kind="stable")[:count]]
-
-
-def _expose(model: onnx.ModelProto, names: list[str]) -> int:
-    """Append graph outputs for `names` that are not outputs yet; return how many were added."""
-    present = {o.name for o in model.graph.output}
-    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
-    added = 0
-    for name in names:
-        if name not in present:
-            elem = types.get(name, onnx.TensorProto.FLOAT)
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
-            added += 1
-    return added
 
 
 def _cosines(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:

@@ -31,11 +31,16 @@ from graphprune.edit import remove_unused
 from graphprune.errors import BadInput
 
 
-def remove_blocks(model: onnx.ModelProto, block_ids: Iterable[str]) -> onnx.ModelProto:
-    """A copy of `model` without the sub-blocks named by `block_ids` (`Block.id`)."""
+def remove_blocks(
+    model: onnx.ModelProto, block_ids: Iterable[str], in_place: bool = False
+) -> onnx.ModelProto:
+    """`model` without the sub-blocks named by `block_ids` (`Block.id`): a copy, or `model`
+    itself edited with `in_place` (no second copy of the weights)."""
     chosen = _chosen(model, block_ids)
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
+    result = model
+    if not in_place:
+        result = onnx.ModelProto()
+        result.CopyFrom(model)
     streams = {block.id: block.stream for block in chosen}
 
     def source(name: str) -> str:

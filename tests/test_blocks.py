@@ -212,6 +212,13 @@ def float_parameters(made) -> int:
 
 
 ZOO_CASES = [("bert_tiny", "torchscript"), ("llama_tiny", "dynamo"), ("minilm_l6", "torchscript")]
+ZOO_CASES += [("resnet18", "dynamo")]
+ZOO_KINDS = {  # the sub-blocks each model has, in graph order
+    "bert_tiny": ["attention", "mlp"] * 2,
+    "llama_tiny": ["attention", "mlp"] * 2,
+    "minilm_l6": ["attention", "mlp"] * 6,
+    "resnet18": ["conv"] * 5,  # 8 basic blocks, 3 of them with a downsampling shortcut
+}
 
 
 @pytest.mark.zoo
@@ -227,8 +234,7 @@ def test_zoo_blocks_are_found_ranked_and_removed_exactly(name, exporter):
         pytest.skip(f"{name} needs packages that are not installed")
     made = onnx.load(str(export(name, exporter)))
     blocks = find_blocks(made)
-    layers = {"bert_tiny": 2, "llama_tiny": 2, "minilm_l6": 6}[name]
-    assert [b.kind for b in blocks] == ["attention", "mlp"] * layers
+    assert [b.kind for b in blocks] == ZOO_KINDS[name]
     batches = [example_inputs(entry, seed=s, sizes={"batch": 2, "sequence": 16}) for s in (0, 1)]
     scores = block_importance(made, blocks, batches)
     assert np.all((scores > 0) & (scores < 2))
@@ -245,3 +251,30 @@ def test_zoo_blocks_are_found_ranked_and_removed_exactly(name, exporter):
         assert expected.keys() == actual.keys()
         for output in expected:
             np.testing.assert_array_equal(actual[output], expected[output])
+
+
+def test_conv_residual_block_is_found_scored_over_channels_and_removed_in_place():
+    consts = {"c1": weight(4, 4, 3, 3) * 0.3, "c2": weight(4, 4, 3, 3) * 0.3}
+    nodes = [
+        node("Conv", ["x", "c1"], ["a"], pads=[1, 1, 1, 1]),
+        node("Relu", ["a"], ["r"]),
+        node("Conv", ["r", "c2"], ["b"], pads=[1, 1, 1, 1]),
+        node("Add", ["x", "b"], ["h"]),
+        node("Relu", ["h"], ["y"]),
+    ]
+    made = model(nodes, {"x": (1, 4, "H", "W")}, ["y", "h"], consts)  # h is also an output
+    [block] = find_blocks(made)
+    assert (block.kind, block.stream, block.parameters) == ("conv", "x", 2 * 4 * 4 * 9)
+    x = np.random.default_rng(0).standard_normal((1, 4, 5, 6)).astype(np.float32)
+    h = run(made, {"x": x})["h"].astype(np.float64)
+    cos = (x * h).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(h, axis=1))  # channels
+    score = block_importance(made, [block], [{"x": x}])
+    np.testing.assert_allclose(score, [1 - cos.mean()], rtol=1e-5)
+    expected = run(zeroed_branches(made, ["h"]), {"x": x}, optimization=EXACT)
+    removed = remove_blocks(made, ["h"], in_place=True)
+    assert removed is made
+    assert [n.op_type for n in made.graph.node] == ["Identity", "Relu"]  # h stays an output
+    actual = run(removed, {"x": x}, optimization=EXACT)
+    for name in ("y", "h"):
+        np.testing.assert_array_equal(actual[name], expected[name])
+    np.testing.assert_array_equal(actual["h"], x)
