@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from graphprune.passes import reconstruct  # noqa: F401  (registers the pass)
-from graphprune.passes.base import COMPENSATION
+from graphprune.passes import mask_tuning, obspa, reconstruct  # noqa: F401  (registration)
+from graphprune.passes.base import COMPENSATION, ScoreContext, importance
 
 from graphprune.calibrate import column_units
 from tests.test_obspa import GRAPHS, calibrated, conv_graph, input_stats, matrix_of
@@ -68,3 +68,50 @@ def test_reconstruction_with_fewer_rows_than_columns_still_never_hurts():
     kept = ~np.isin(column_units(consumer, group), removed)
     error = np.sum((few @ w - apply(update, consumer, few)) ** 2)
     assert error < np.sum((few @ w - few[:, kept] @ w[kept]) ** 2)
+
+
+def stats_error(inputs, w, new, offset) -> float:
+    """||X W - (X W' + offset)||^2 from the statistics alone (G, mean, count)."""
+    d = w - new
+    n = inputs.count
+    return (
+        np.einsum("io,io->", d, inputs.gram @ d)
+        - 2 * n * offset @ (inputs.mean @ d)
+        + n * offset @ offset
+    )
+
+
+@pytest.mark.zoo
+def test_compensation_on_real_minilm_layers_calibrated_by_the_engine():
+    """Real weights (all-MiniLM-L6-v2), statistics from the calibration engine on onnxruntime:
+    every consumer's output error on the calibration data drops with OBS and reconstruction and
+    never grows with mask tuning, for heads (o_proj) and MLP channels (down_proj)."""
+    from graphprune.allocate import allocate
+    from graphprune.calibrate import calibrate
+    from graphprune.pipeline import analyze
+    from models.zoo import ZOO, example_inputs, export
+
+    if not ZOO["minilm_l6"].available():
+        pytest.skip("all-MiniLM-L6-v2 is not installed")
+    analysis = analyze(export("minilm_l6", "torchscript"))
+    prunable = [g for g in analysis.dep.groups if g.prunable]
+    groups = [next(g for g in prunable if g.kind == kind) for kind in ("head", "channel")]
+    sizes = {"batch": 8, "sequence": 32}
+    feeds = [example_inputs(ZOO["minilm_l6"], seed=s, sizes=sizes) for s in range(4)]
+    stats = calibrate(analysis.work, analysis.dep, groups, feeds, gram=True)
+    context = ScoreContext(constants=analysis.dep.index.constants, stats=stats)
+    scores = {g.id: importance("obspa").score(g, context) for g in groups}
+    removals = allocate(groups, scores, 0.5, "uniform")
+    for group in groups:
+        removed = removals[group.id]
+        names = ("obs", "mask", "reconstruct")
+        updates = {n: COMPENSATION[n]().compensate(group, removed, context) for n in names}
+        for consumer in stats.consumers(group.id):
+            inputs, w = stats.of(consumer), matrix_of(consumer, context.constants)
+            gone = np.isin(column_units(consumer, group), removed)
+            plain = stats_error(inputs, w, np.where(gone[:, None], 0.0, w), np.zeros(w.shape[1]))
+            for name, update in updates.items():
+                new = consumer.matrix(update.weights[consumer.weight]).astype(np.float64)
+                offset = update.bias_deltas.get(consumer.node, np.zeros(w.shape[1]))
+                ratio = stats_error(inputs, w, new, offset) / plain
+                assert ratio < (0.95 if name == "mask" else 0.3), (name, consumer.weight, ratio)
