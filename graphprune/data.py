@@ -43,8 +43,9 @@ Sources:
       E[y_o]   = sum_c S[o, c] mu_c + b_o        -> mu      = argmin ||S mu - (m - b)||
       Var[y_o] = sum_c Q[o, c] sigma_c^2         -> sigma^2 = argmin ||Q s - v||, s >= 0
 
-  (non-negative least squares; zero padding at the borders is ignored, which is what "as
-  closely as least squares allows" leaves out). Any other float input is N(0, 1). Symbolic
+  (non-negative least squares, then each sigma_c^2 raised to at least 1% of the largest one,
+  so that no input channel is constant; zero padding at the borders is ignored). Any other
+  float input is N(0, 1). Symbolic
   sizes are `seq_len` for integer inputs, 64 for float ones, unless `input_shapes` gives them.
 """
 
@@ -65,6 +66,7 @@ from graphprune.verify import DYNAMIC_DIM
 KINDS = ("npz", "arrays", "images", "text", "data-free")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DEFAULT_SAMPLES = 128  # for sources that could produce more (images, text, data-free)
+VARIANCE_FLOOR = 0.01  # data-free: least variance of an input channel, relative to the largest
 
 
 @dataclass(frozen=True)
@@ -494,7 +496,10 @@ def batchnorm_matched(index: GraphIndex, name: str) -> tuple[np.ndarray, np.ndar
         sums, squares = _per_channel(weight, attribute(conv, "group", 1))
         mean = np.linalg.lstsq(sums, running_mean - bias, rcond=None)[0]
         variance = _nonnegative_least_squares(squares, running_var)
-        return mean, np.sqrt(np.maximum(variance, 1e-12))
+        # a channel the fit silences (variance 0) would make that input constant: keep at
+        # least 1% of the largest channel's variance
+        floor = VARIANCE_FLOOR * max(float(variance.max()), 1e-12)
+        return mean, np.sqrt(np.maximum(variance, floor))
     return None
 
 

@@ -392,3 +392,22 @@ def test_an_unregistered_compensation_is_one_line_exit_2(cnn_path, tmp_path, cap
     argv = ["prune", str(cnn_path), str(tmp_path / "o.onnx"), "--criterion", "fluctuation"]
     assert main([*argv, "--data-free"]) == 2
     assert "compensation 'bias' is not registered" in one_error_line(capsys)
+
+
+def test_a_replayed_fluctuation_plan_applies_the_same_compensation(
+    cnn_path, calib_npz, tmp_path, capsys
+):
+    first, again, plan = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "plan.json"
+    argv = ["prune", str(cnn_path), str(first), "--criterion", "fluctuation", "--quiet"]
+    assert main([*argv, "--calib", str(calib_npz), "--plan-out", str(plan)]) == 0
+    replay = ["prune", str(cnn_path), str(again), "--plan", str(plan), "--quiet"]
+    assert main(replay) == 2  # the plan's criterion brings its compensation, which needs data
+    assert "compensation bias needs calibration data" in one_error_line(capsys)
+    assert main([*replay, "--calib", str(calib_npz)]) == 0
+    weights = [
+        {t.name: numpy_helper.to_array(t) for t in onnx.load(p).graph.initializer}
+        for p in (first, again)
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    for name, value in weights[0].items():
+        np.testing.assert_array_equal(weights[1][name], value)

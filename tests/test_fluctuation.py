@@ -161,3 +161,33 @@ def test_digits_cnn_with_fluctuation_and_bias_compensation_on_real_data(tmp_path
 # keeps 0.964 test accuracy, without it 0.709 (L1 0.642, dense 0.993). The bound sits well
 # below the measurement and well above the uncompensated figure.
 DIGITS_FLAP_BOUND = 0.85
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize(
+    ("name", "exporter"),
+    [("mobilenet_v2", "dynamo"), ("ppocrv5_cls", "source"), ("qwen2_tiny", "torchscript")],
+)
+def test_data_free_flap_with_adaptive_allocation_on_real_exports(name, exporter, tmp_path):
+    """Depthwise convs, a BatchNorm-matched data-free input with Constant-node weights, and
+    GQA attention: calibration, compensation and the oracle on each."""
+    from models.zoo import ZOO, example_inputs, export
+
+    entry = ZOO[name]
+    if not entry.available():
+        pytest.skip(f"{name} needs {', '.join(entry.missing_modules())}")
+    inputs = example_inputs(entry)
+    result = prune(
+        export(name, exporter),
+        tmp_path / "pruned.onnx",
+        ratio=0.3,
+        criterion="fluctuation",
+        allocation="adaptive",
+        calib="data-free",
+        providers=("cpu",),
+        inputs=inputs,
+        input_shapes={k: v.shape for k, v in inputs.items()},
+    )
+    assert result.passed and result.written, [c.line() for c in result.checks]
+    assert result.calibration["consumers"] > 0 and result.compensation["bias_deltas"] > 0
+    assert result.after.params < result.before.params
