@@ -26,8 +26,14 @@ import numpy as np
 from graphprune.depgraph import Group
 
 ALLOCATIONS = ("uniform", "global", "adaptive")
-# scope names (the CLI's --scope) -> group kinds; every scope here is exact under the oracle
-SCOPES = {"channels": ("channel",), "mlp": ("channel",), "heads": ("head", "kv-group")}
+# scope names (the CLI's --scope) -> group kinds. "hidden" (the residual stream, through its
+# normalizations) is not exact under the oracle, so it is never a default: opt in by name.
+SCOPES = {
+    "channels": ("channel",),
+    "mlp": ("channel",),
+    "heads": ("head", "kv-group"),
+    "hidden": ("hidden",),
+}
 DEFAULT_SCOPES = ("channels", "heads")
 
 

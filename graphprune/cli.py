@@ -20,6 +20,7 @@ from graphprune.allocate import DEFAULT_SCOPES, SCOPES
 from graphprune.errors import BadInput, GraphpruneError
 
 EXIT_OK, EXIT_VERIFY, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+NOT_EXACT_UNDER_ORACLE = "hidden scope: not exact under the oracle, normalization statistics change"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_scopes,
         default=DEFAULT_SCOPES,
         help="what to prune: channels (alias mlp), heads (attention heads and "
-        "GQA/MQA key-value groups); default channels,heads",
+        "GQA/MQA key-value groups), hidden (the residual stream through its norms: not exact "
+        "under the oracle, opt-in only); default channels,heads",
     )
     prune.add_argument(
         "--round-to", type=_positive_int, default=1, help="keep a multiple of N units per group"
@@ -404,6 +406,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
     print(f"{'group':<48}{'kind':<9}{'units':>7}{'spaces':>8}  status")
     for g in report["groups"]:
         status = "prunable" if g["prunable"] else "blocked: " + g["blocked"][0]
+        status += "" if g["exact"] else f" ({NOT_EXACT_UNDER_ORACLE})"
         print(f"{g['id'][:47]:<48}{g['kind']:<9}{g['units']:>7}{g['spaces']:>8}  {status}")
     if report["barriers"]:
         print(
@@ -421,7 +424,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
                 if row["what"] == "attention"
                 else f"{row['width']}"
             )
-            print(f"{row['layer'][-55:]:<56}{row['what']:<13}{size:>14}  {row['prunable']}")
+            note = f" ({row['note']})" if "note" in row else ""
+            print(f"{row['layer'][-55:]:<56}{row['what']:<13}{size:>14}  {row['prunable']}{note}")
     return EXIT_OK
 
 
@@ -490,6 +494,7 @@ def inspect_report(analysis) -> dict:
                 "constants": sorted(f"{s.tensor}:{s.axis}:{r.value}" for s, r in g.roles.items()),
                 "prunable": g.prunable,
                 "blocked": g.blocked,
+                "exact": g.exact,
             }
             for g in dep.groups
         ],
@@ -508,9 +513,13 @@ def _transformer_layers(dep) -> list[dict]:
         if group.kind in ("head", "kv-group"):
             heads, kv = dep.attention_counts(group)
             row = {"what": "attention", "heads": heads, "kv_heads": kv}
-        elif any("normalizes" in r or "reduces over" in r for r in group.blocked):
+        elif group.kind == "hidden" or any(
+            "normalizes" in r or "reduces over" in r for r in group.blocked
+        ):
             # LayerNorm, or RMSNorm spelled out as Pow/ReduceMean: the residual width
             row = {"what": "hidden size", "width": group.n_units}
+            if not group.exact:
+                row |= {"exact": False, "note": NOT_EXACT_UNDER_ORACLE}
         elif len(group.roles) >= 2 and group.n_units >= 2:
             row = {"what": "mlp", "width": group.n_units}
         else:

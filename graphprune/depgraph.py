@@ -10,6 +10,10 @@ A group is prunable only if it is *closed*: every node that produces or consumes
 spaces linked that space (so it knows how to shrink it), no space is a graph input or output,
 and no rule blocked one of its spaces. An op without a rule links nothing, so it blocks every
 group it touches, with the reason.
+
+A rule may also mark a space *inexact*: removing one of its indices changes what the node
+computes from the others (LayerNorm/RMSNorm statistics over the residual stream). Such a group
+is of kind `hidden`, may be pruned, and the zero-then-prune oracle reports it without judging.
 """
 
 from __future__ import annotations
@@ -39,10 +43,17 @@ class Group:
     fixes: list[Fix]
     blocked: list[str]  # why the group cannot be pruned; empty if it can
     kind: str = "channel"
+    inexact: list[str] = field(default_factory=list)  # why the oracle cannot be exact; see exact
 
     @property
     def prunable(self) -> bool:
         return not self.blocked
+
+    @property
+    def exact(self) -> bool:
+        """Whether the zero-then-prune oracle is exact for this group: not when a node's result
+        depends on how many channels there are (a normalization's statistics)."""
+        return not self.inexact
 
     @property
     def spaces(self) -> list[Space]:
@@ -76,6 +87,7 @@ class DepGraph:
     fixes: list[Fix] = field(default_factory=list)
     missing_rules: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     head_spaces: set[Space] = field(default_factory=set)
+    inexact: dict[Space, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     @classmethod
     def build(cls, model: onnx.ModelProto) -> DepGraph:
@@ -116,6 +128,9 @@ class DepGraph:
 
     def add_head_space(self, space: Space) -> None:
         self.head_spaces.add(space)
+
+    def add_inexact(self, space: Space, reason: str) -> None:
+        self.inexact[space].append(reason)
 
     # -- groups -------------------------------------------------------------------------------
     @cached_property
@@ -159,11 +174,16 @@ class DepGraph:
             fixes=fixes,
             blocked=self._blocked(spaces),
             kind=self._kind(spaces, sizes),
+            inexact=list(dict.fromkeys(r for s in spaces for r in self.inexact.get(s, []))),
         )
 
     def _kind(self, spaces: list[Space], sizes: dict[Space, int]) -> str:
-        """`head` when the group holds attention heads; `kv-group` when head spaces of two
-        sizes meet (GQA/MQA: each key/value head with its query heads); else `channel`."""
+        """`hidden` when a normalization reduces over the group (the residual stream: not
+        exact under the oracle); `head` when the group holds attention heads; `kv-group` when
+        head spaces of two sizes meet (GQA/MQA: each key/value head with its query heads);
+        else `channel`."""
+        if any(s in self.inexact for s in spaces):
+            return "hidden"
         head_sizes = {sizes[s] for s in spaces if s in self.head_spaces}
         if not head_sizes:
             return "channel"

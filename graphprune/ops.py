@@ -223,7 +223,11 @@ class RuleContext:
         self._sink.add_link(self.position, a, size_a, b, size_b, pairs)
 
     def role(self, space: Space, role: Role) -> None:
-        """Only float constants are weights: integer ones are sizes and indices."""
+        """Only float constants are weights: integer ones are sizes and indices. A weight read
+        through a Transpose or a Gather (dynamo's tied LM head, MatMul(h, Transpose(table));
+        TorchScript's experts, MatMul(Gather(stacked weights, expert ids), x)) takes the role
+        on its own axis, so the oracle masks what the reader reads."""
+        space = _weight_space(self.index, space)
         constants = self.index.constants
         if space.tensor in constants and constants.is_float(space.tensor):
             self._sink.add_role(space, role)
@@ -240,6 +244,11 @@ class RuleContext:
         """`space` indexes attention heads (the outer part of a [H*D] -> [H, D] split)."""
         self._sink.add_head_space(space)
 
+    def mark_inexact(self, space: Space, reason: str) -> None:
+        """Removing an index of `space` changes what this node computes from the others (a
+        normalization's statistics): the group may still be pruned, but not exactly."""
+        self._sink.add_inexact(space, f"{self.label}: {reason}")
+
     def block(self, space: Space, reason: str) -> None:
         self._sink.add_block(self.position, space, f"{self.label}: {reason}")
 
@@ -250,6 +259,32 @@ class RuleContext:
 
 
 Rule = Callable[[RuleContext], None]
+
+
+def _weight_space(index: GraphIndex, space: Space) -> Space:
+    """The constant's axis that `space` is, through Transposes and Gathers of a constant (the
+    Gather's data axes other than the gathered one); `space` itself otherwise."""
+    for _ in range(4):  # a few steps: exporters write at most Transpose(Gather(W))
+        if index.is_constant(space.tensor):
+            return space
+        position = index.producer.get(space.tensor)
+        node = index.node(position) if position is not None else None
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return space
+        source = node.input[0] if node.input else ""
+        rank = index.rank(source)
+        index_rank = index.rank(node.input[1]) if node.op_type == "Gather" else None
+        if node.op_type == "Transpose" and rank is not None:
+            perm = attribute(node, "perm") or list(reversed(range(rank)))
+            space = Space(source, perm[space.axis])
+        elif node.op_type == "Gather" and rank is not None and index_rank is not None:
+            axis = attribute(node, "axis", 0) % rank
+            if axis <= space.axis < axis + index_rank:
+                return space  # an index axis: not the constant's
+            space = Space(source, space.axis if space.axis < axis else space.axis - index_rank + 1)
+        else:
+            return space
+    return space
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,14 +404,26 @@ def gemm(ctx: RuleContext) -> None:
     a_m, a_k = (1, 0) if trans_a else (0, 1)
     b_k, b_n = (1, 0) if trans_b else (0, 1)
     ctx.link(Space(a, a_k), Space(b, b_k))
-    ctx.role(Space(b, b_k), Role.IN)
-    ctx.role(Space(a, a_k), Role.IN)
+    _contraction_reader(ctx, Space(a, a_k), Space(b, b_k))
     ctx.link(Space(b, b_n), Space(y, 1))
     ctx.role(Space(b, b_n), Role.OUT)
     ctx.link(Space(a, a_m), Space(y, 0))
     ctx.role(Space(a, a_m), Role.OUT)
     if c:
         broadcast(ctx, [c], y)
+
+
+def _contraction_reader(ctx: RuleContext, a_k: Space, b_k: Space) -> None:
+    """The weight of a product reads its contraction axis: B's when B is a weight (directly,
+    or through a Transpose or Gather of a constant), else A's (MatMul(Gather(experts), x)).
+    An activation gathered from a table (an embedding lookup times a weight) reads nothing."""
+    b_weight = _is_weight(ctx, b_k)
+    ctx.role(b_k if b_weight or not _is_weight(ctx, a_k) else a_k, Role.IN)
+
+
+def _is_weight(ctx: RuleContext, space: Space) -> bool:
+    weight = _weight_space(ctx.index, space)
+    return weight.tensor in ctx.index.constants and ctx.index.constants.is_float(weight.tensor)
 
 
 def matmul(ctx: RuleContext) -> None:
@@ -386,8 +433,7 @@ def matmul(ctx: RuleContext) -> None:
     if ra is None or rb is None or ry is None:
         return
     ctx.link(Space(a, ra - 1), Space(b, max(rb - 2, 0)))
-    ctx.role(Space(a, ra - 1), Role.IN)
-    ctx.role(Space(b, max(rb - 2, 0)), Role.IN)
+    _contraction_reader(ctx, Space(a, ra - 1), Space(b, max(rb - 2, 0)))
     if rb >= 2:
         ctx.link(Space(b, rb - 1), Space(y, ry - 1))
         ctx.role(Space(b, rb - 1), Role.OUT)
@@ -446,9 +492,12 @@ def group_norm(ctx: RuleContext) -> None:
 
 
 def layer_norm(ctx: RuleContext) -> None:
-    """LayerNormalization normalizes over axes >= axis: those are not channels here (removing
-    one changes every other's statistics); leading axes pass through."""
-    x = ctx.input(0)
+    """LayerNormalization / SimplifiedLayerNormalization / RMSNormalization normalize over the
+    axes >= axis; leading axes pass through. Normalizing over the last axis alone (every
+    transformer), that axis is the residual stream's channel: input and output index i are the
+    same channel, and the scale (and bias) entry i follows it. Removing a channel changes the
+    statistics of every other, so the group is marked inexact. Over several axes, blocked."""
+    x, y = ctx.input(0), ctx.output(0)
     rank = ctx.rank(x)
     if rank is None:
         return
@@ -456,8 +505,30 @@ def layer_norm(ctx: RuleContext) -> None:
     for out in ctx.node.output:
         for axis in range(first):
             ctx.link(Space(x, axis), Space(out, axis))
-    for axis in range(first, rank):
-        ctx.block(Space(x, axis), "LayerNormalization normalizes over this axis")
+    if first < rank - 1:
+        for axis in range(first, rank):
+            ctx.block(Space(x, axis), f"{ctx.node.op_type} normalizes over this axis")
+        return
+    _normalized_channel(ctx, x, [y], [ctx.input(1), ctx.input(2)])
+
+
+NORMALIZATION_CHANGES = "normalizes over this axis (its statistics change when it shrinks)"
+
+
+def _normalized_channel(ctx: RuleContext, x: str, outputs: list[str], params: list[str]) -> None:
+    """The last axis of `x` is normalized: it is the last axis of each output, the last axis of
+    each parameter (scale, bias; broadcast from the right) follows it; the group is inexact."""
+    rank = ctx.rank(x)
+    last = Space(x, rank - 1)
+    for out in outputs:
+        if out and ctx.rank(out) == rank:
+            ctx.link(last, Space(out, rank - 1))
+    for param in params:
+        param_rank = ctx.rank(param)
+        if param and param_rank:
+            ctx.link(Space(param, param_rank - 1), last)
+            ctx.role(Space(param, param_rank - 1), Role.OUT)
+    ctx.mark_inexact(last, f"{ctx.node.op_type} {NORMALIZATION_CHANGES}")
 
 
 def softmax(ctx: RuleContext) -> None:
@@ -482,24 +553,45 @@ def softmax(ctx: RuleContext) -> None:
 
 
 def concat(ctx: RuleContext) -> None:
-    """Concat: input k's index i is output index offset_k + i on the concat axis."""
+    """Concat: input k's index i is output index offset_k + i on the concat axis (when every
+    input's width there is known); the other axes pass through from every input."""
     y = ctx.output(0)
     rank = ctx.rank(y)
     if rank is None:
         return
     axis = ctx.attr("axis") % rank
-    offset = 0
     for name in ctx.node.input:
-        width = ctx.size(name, axis)
-        if width is None:
-            return
-        indices = np.arange(width)
-        ctx.link(Space(name, axis), Space(y, axis), (indices, indices + offset))
-        ctx.role(Space(name, axis), Role.OUT)
         for a in range(rank):
             if a != axis:
                 ctx.link(Space(name, a), Space(y, a))
+    widths = [ctx.size(name, axis) for name in ctx.node.input]
+    if any(width is None for width in widths):
+        return
+    offset = 0
+    for name, width in zip(ctx.node.input, widths, strict=True):
+        indices = np.arange(width)
+        ctx.link(Space(name, axis), Space(y, axis), (indices, indices + offset))
+        ctx.role(Space(name, axis), Role.OUT)
         offset += width
+
+
+def gather(ctx: RuleContext) -> None:
+    """Gather along `axis`: out[i_0..i_{a-1}, j.., i_{a+1}..] = data[i_0.., indices[j..], ..]. The
+    data's other axes pass through (after the index axes), the indices' axes become output
+    axes; the gathered axis itself is not linked (a channel there is a barrier). An embedding
+    table is a constant [V, E] gathered on axis 0: its axis 1 makes the output's last axis."""
+    data, indices, y = ctx.input(0), ctx.input(1), ctx.output(0)
+    rank, index_rank = ctx.rank(data), ctx.rank(indices)
+    if rank is None or index_rank is None:
+        return
+    axis = ctx.attr("axis", 0) % rank
+    for a in range(rank):
+        if a != axis:
+            out_axis = a if a < axis else a + index_rank - 1
+            ctx.link(Space(data, a), Space(y, out_axis))
+            ctx.role(Space(data, a), Role.OUT)
+    for k in range(index_rank):
+        ctx.link(Space(indices, k), Space(y, axis + k))
 
 
 def split(ctx: RuleContext) -> None:
@@ -641,13 +733,75 @@ def reduce(ctx: RuleContext) -> None:
         return
     reduced = {a % rank for a in axes}
     keepdims = ctx.attr("keepdims", 1)
+    statistic = _normalization_statistic(ctx, x, reduced)
     out_axis = 0
     for a in range(rank):
-        if a in reduced:
+        if a in reduced and statistic:
+            ctx.tolerate(Space(x, a))
+            ctx.mark_inexact(Space(x, a), f"the mean of a spelled-out norm {NORMALIZATION_CHANGES}")
+        elif a in reduced:
             ctx.block(Space(x, a), f"{ctx.node.op_type} reduces over this axis")
         else:
             ctx.link(Space(x, a), Space(y, out_axis))
         out_axis += 1 if keepdims or a not in reduced else 0
+
+
+# What a norm's statistic passes through before it meets its input again: Add eps, Sqrt, 1 / .,
+# and dtype casts (each with constant scalars as its other inputs).
+_STATISTIC_STEPS = {"Add", "Sqrt", "Reciprocal", "Div", "Cast", "Mul", "Pow"}
+_STATISTIC_DEPTH = 6
+
+
+def _normalization_statistic(ctx: RuleContext, x: str, reduced: set[int]) -> bool:
+    """Whether this node is the ReduceMean of a LayerNorm or RMSNorm spelled out in primitives,
+    over the last axis only, keeping it:
+
+        RMSNorm:   x * 1 / Sqrt(ReduceMean(Pow(x, 2)) + eps)   (or Reciprocal, or x / Sqrt(.))
+        LayerNorm: d = x - ReduceMean(x);  d / Sqrt(ReduceMean(Pow(d, 2)) + eps)
+
+    i.e. the mean of `base` or of `base` squared which, through `_STATISTIC_STEPS` on constant
+    scalars, meets `base` again in a Sub, Mul or Div. Any other reduction over a channel axis
+    (channel attention, pooling over features) stays a barrier."""
+    rank = ctx.rank(x)
+    if ctx.node.op_type != "ReduceMean" or reduced != {rank - 1} or not ctx.attr("keepdims", 1):
+        return False
+    base = _squared(ctx, x) or x
+    frontier = [ctx.output(0)]
+    for _ in range(_STATISTIC_DEPTH):
+        reached = []
+        for name in frontier:
+            for position in ctx.index.consumers.get(name, []):
+                node = ctx.index.node(position)
+                if node.domain not in ("", "ai.onnx"):
+                    continue
+                others = [i for i in node.input if i != name]
+                if node.op_type in ("Sub", "Mul", "Div") and others == [base]:
+                    return True
+                if node.op_type in _STATISTIC_STEPS and all(_scalar(ctx, o) for o in others):
+                    reached.append(node.output[0])
+        frontier = reached
+    return False
+
+
+def _squared(ctx: RuleContext, name: str) -> str | None:
+    """`b` when `name` is Pow(b, 2) or Mul(b, b)."""
+    position = ctx.index.producer.get(name)
+    node = ctx.index.node(position) if position is not None else None
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Pow" and _scalar(ctx, node.input[1], 2.0):
+        return node.input[0]
+    if node.op_type == "Mul" and node.input[0] == node.input[1]:
+        return node.input[0]
+    return None
+
+
+def _scalar(ctx: RuleContext, name: str, value: float | None = None) -> bool:
+    """`name` is a one-element constant (equal to `value` when given)."""
+    constant = ctx.const(name) if name else None
+    if constant is None or constant.size != 1:
+        return False
+    return value is None or float(constant.reshape(-1)[0]) == value
 
 
 def expand(ctx: RuleContext) -> None:
@@ -1088,16 +1242,26 @@ def ms_rotary_embedding(ctx: RuleContext) -> None:
 
 
 def ms_skip_norm(ctx: RuleContext) -> None:
-    """Skip(Simplified)LayerNormalization: input + skip (+ bias), normalized over the last axis
-    (not a channel here, as for LayerNormalization); leading axes pass through."""
-    x = ctx.input(0)
+    """Skip(Simplified)LayerNormalization: s = input + skip (+ bias), output = norm(s) * gamma
+    (+ beta), output 3 = s. Leading axes pass through (skip may drop the batch axis, so axes
+    align from the right); the last axis is normalized, as for LayerNormalization: input, skip,
+    output and s share its channels, gamma, beta and bias follow them, the group is inexact."""
+    x, skip = ctx.input(0), ctx.input(1)
     rank = ctx.rank(x)
     if rank is None:
         return
-    for out in [ctx.input(1), *ctx.node.output]:
+    for out in [skip, *ctx.node.output]:
+        out_rank = ctx.rank(out)
         for axis in range(rank - 1):
-            ctx.link(Space(x, axis), Space(out, axis))
-    ctx.block(Space(x, rank - 1), f"{ctx.node.op_type} normalizes over this axis")
+            if out_rank is not None and axis + out_rank - rank >= 0:
+                ctx.link(Space(x, axis), Space(out, axis + out_rank - rank))
+    simplified = ctx.node.op_type == "SkipSimplifiedLayerNormalization"
+    params = [ctx.input(i) for i in ((2, 3) if simplified else (2, 3, 4))]
+    outputs = [ctx.output(0), ctx.output(3)]
+    _normalized_channel(ctx, x, outputs, params)
+    skip_rank = ctx.rank(skip)
+    if skip_rank:
+        ctx.link(Space(skip, skip_rank - 1), Space(x, rank - 1))
 
 
 def ms_bias_activation(ctx: RuleContext) -> None:
@@ -1223,6 +1387,7 @@ RULES: dict[str, Rule] = {
     "Hardmax": softmax,
     "Concat": concat,
     "Split": split,
+    "Gather": gather,
     "Slice": slice_,
     "Pad": pad,
     "Resize": resize,
@@ -1249,6 +1414,7 @@ CONTRIB_RULES: dict[str, Rule] = {
     "RotaryEmbedding": ms_rotary_embedding,
     "SkipLayerNormalization": ms_skip_norm,
     "SkipSimplifiedLayerNormalization": ms_skip_norm,
+    "SimplifiedLayerNormalization": layer_norm,
     "FastGelu": ms_bias_activation,
     "BiasGelu": ms_bias_activation,
     "Gelu": ms_bias_activation,

@@ -132,16 +132,17 @@ def _fold_static_shape_arithmetic(model: onnx.ModelProto, declared: list) -> Non
     known: ChainMap[str, np.ndarray] = ChainMap({}, index.constants)
     partial: dict[str, list] = {}  # Shape outputs with some entries unknown: int or None each
     folded: dict[int, list[np.ndarray]] = {}
+    mixed: list[str] = []  # outputs of Slices picking static and symbolic entries together
     for position, node in enumerate(model.graph.node):
         values = _evaluate(node, known, index)
         if values is None:
             values = _pick_static(node, known, partial, index)
+            if values is None and _picks_mixed(node, partial):
+                mixed.append(node.output[0])
         if values is None:
             continue
         folded[position] = values
         known.update(zip(node.output, values, strict=True))
-    if not folded:
-        return
     store = ConstantStore(model)
     for position in sorted(folded, reverse=True):
         node = model.graph.node[position]
@@ -150,6 +151,8 @@ def _fold_static_shape_arithmetic(model: onnx.ModelProto, declared: list) -> Non
                 return  # a graph output stays computed; stop rather than half-fold
             store.add_named(name, value)
         del model.graph.node[position]
+    for output in mixed:
+        _split_mixed_slice(model, store, output, known, partial, index)
 
 
 def _pick_static(
@@ -195,6 +198,98 @@ def _pick_static(
             partial[node.output[0]] = values  # a narrower partly known vector
         return None
     return [np.array(values, dtype=np.int64).reshape(picked.shape)]
+
+
+def _picks_mixed(node: onnx.NodeProto, partial: dict[str, list]) -> bool:
+    """A Slice of a partly known size vector whose result holds static and symbolic entries."""
+    picked = partial.get(node.output[0]) if node.op_type == "Slice" else None
+    return (
+        bool(picked)
+        and len(node.input) >= 3
+        and node.input[0] in partial
+        and None in picked
+        and picked.count(None) < len(picked)
+    )
+
+
+def _split_mixed_slice(
+    model: onnx.ModelProto,
+    store: ConstantStore,
+    output: str,
+    known: Mapping[str, np.ndarray],
+    partial: dict[str, list],
+    index: GraphIndex,
+) -> None:
+    """Rewrite `Slice(v, a, b)` of a partly known size vector as its runs: static runs as
+    constants, symbolic entries as `Gather(v, [entry])`, put in place of the Slice in the Concat
+    that reads it (else concatenated anew). TorchScript's flatten target
+    `Concat(Slice(Shape(x), 0, 2), [-1])` reads batch and channels at once; after this the
+    channel count is a constant piece that rules rewrite, and `Shape` reads the batch only."""
+    position = next(i for i, n in enumerate(model.graph.node) if output in n.output)
+    node = model.graph.node[position]
+    source, picked = partial[node.input[0]], partial[output]
+    bounds = [np.asarray(known[name]).reshape(-1) if name else None for name in node.input[1:5]]
+    bounds += [None] * (4 - len(bounds))
+    starts, ends, _, steps = bounds
+    step = 1 if steps is None else int(steps[0])
+    entries = range(len(source))[slice(int(starts[0]), int(ends[0]), step)]
+    pieces, nodes, run = [], [], []
+    for offset, value in enumerate([*picked, None]):
+        if value is not None:
+            run.append(value)
+            continue
+        if run:  # a static run ends
+            pieces.append(store.add(f"{node.output[0]}_static", np.array(run, dtype=np.int64)))
+            run = []
+        if offset < len(picked):  # a symbolic entry: read it at run time
+            name = f"{output}_entry{offset}"
+            nodes.append(_read_entry(model, store, index, node.input[0], entries[offset], name))
+            pieces.append(name)
+    readers = [n for n in model.graph.node if output in n.input]
+    graph_outputs = {v.name for v in model.graph.output}
+    if len(readers) == 1 and _is_vector_concat(readers[0]) and output not in graph_outputs:
+        # the pieces go straight into the Concat that builds the target (one level, as the
+        # exporters write it, so later steps find each entry in one constant piece)
+        inputs = list(readers[0].input)
+        at = inputs.index(output)
+        readers[0].ClearField("input")
+        readers[0].input.extend([*inputs[:at], *pieces, *inputs[at + 1 :]])
+    else:
+        nodes.append(onnx.helper.make_node("Concat", pieces, [output], axis=0))
+    label = node.name or output
+    del model.graph.node[position]
+    for k, made in enumerate(nodes):
+        made.name = f"{label}_split{k}"
+        model.graph.node.insert(position + k, made)
+
+
+def _read_entry(
+    model: onnx.ModelProto,
+    store: ConstantStore,
+    index: GraphIndex,
+    vector: str,
+    entry: int,
+    name: str,
+) -> onnx.NodeProto:
+    """A node computing [vector[entry]]: `Shape(t, start, end)` when `vector` is a Shape of t
+    (opset >= 15; onnx's data propagation sees through it, so shapes downstream stay known),
+    else `Gather(vector, [entry])`."""
+    producer = next((n for n in model.graph.node if vector in n.output), None)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if producer is not None and producer.op_type == "Shape" and opset >= 15:
+        rank = index.rank(producer.input[0])
+        if rank is not None:
+            axis = range(rank)[attribute(producer, "start", 0) : attribute(producer, "end", rank)]
+            at = axis[entry]
+            return onnx.helper.make_node("Shape", [producer.input[0]], [name], start=at, end=at + 1)
+    index = store.add(f"{name}_index", np.array([entry], dtype=np.int64))
+    return onnx.helper.make_node("Gather", [vector, index], [name], axis=0)
+
+
+def _is_vector_concat(node: onnx.NodeProto) -> bool:
+    return (
+        node.op_type == "Concat" and node.domain in ("", "ai.onnx") and attribute(node, "axis") == 0
+    )
 
 
 def _evaluate(

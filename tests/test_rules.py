@@ -602,7 +602,7 @@ def test_custom_domain_op_is_a_barrier():
 @pytest.mark.parametrize(
     ("op", "attrs", "reason"),
     [
-        ("LayerNormalization", {"axis": 1}, "normalizes over this axis"),
+        ("LayerNormalization", {"axis": 0}, "normalizes over this axis"),  # over two axes
         ("Softmax", {"axis": 1}, "normalizes over this axis"),
         ("ReduceSum", {"keepdims": 1}, "reduces over this axis"),
     ],
@@ -612,7 +612,7 @@ def test_ops_that_mix_channels_block_them(op, attrs, reason):
     consts = {"w1": weight(8, 6), "w2": weight(6, 3)}
     inputs = ["m"]
     if op == "LayerNormalization":
-        consts |= {"ln.s": positive(6), "ln.b": weight(6)}
+        consts |= {"ln.s": positive(2, 6), "ln.b": weight(2, 6)}  # normalized shape [2, 6]
         inputs += ["ln.s", "ln.b"]
     if op == "ReduceSum":
         consts["axes"] = ints(1)
@@ -910,3 +910,96 @@ def test_a_folded_scalar_stays_a_scalar():
     store = ConstantStore(model([node("Relu", ["x"], ["y"])], {"x": (2,)}, ["y"], {}))
     store.add_named("scalar", np.array(3, dtype=np.int64))
     assert store.get("scalar").shape == ()
+
+
+# -- Gather, Concat of unknown widths, flatten targets read as one slice of a Shape ------------
+
+
+def test_gather_of_an_embedding_table_makes_the_last_axis():
+    """Gather(table [V, E], ids [b, s]) -> [b, s, E]: the table's axis 1 makes the output's last
+    axis, the ids' axes become its leading ones, the gathered vocabulary axis is no channel."""
+    consts = {"emb": weight(10, 6), "w": weight(6, 4), "w2": weight(4, 3)}
+    nodes = [
+        node("Cast", ["x"], ["ids"], to=7),
+        node("Gather", ["emb", "ids"], ["e"], axis=0),
+        node("MatMul", ["e", "w"], ["h"]),
+        node("MatMul", ["h", "w2"], ["y"]),
+    ]
+    made = model(nodes, {"x": (2, 5)}, ["y"], consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "emb", 1)
+    assert members(group) == {("emb", 1), ("e", 2), ("w", 0)}
+    assert group.roles == {Space("emb", 1): Role.OUT, Space("w", 0): Role.IN}
+    assert group.prunable and group.kind == "channel"
+
+
+def test_gather_on_the_channel_axis_blocks_it():
+    consts = {"c.w": weight(6, 3, 1, 1), "pick": ints(0, 2, 4), "g.w": weight(3, 4)}
+    nodes = [
+        node("Conv", ["x", "c.w"], ["c"]),
+        node("Gather", ["c", "pick"], ["p"], axis=1),
+        node("ReduceMean", ["p"], ["m"], axes=[2, 3], keepdims=0),
+        node("MatMul", ["m", "g.w"], ["y"]),
+    ]
+    made = model(nodes, X, ["y"], consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "c.w", 0)
+    assert not group.prunable and any("does not carry c[axis 1]" in r for r in group.blocked)
+
+
+def test_concat_with_an_unknown_width_links_no_input_on_its_axis_but_passes_the_others():
+    """An input whose width on the concat axis is unknown: no input's offsets can be known, so
+    none is linked on that axis (linking the first ones only would let their group pass the
+    closure check while the unknown input keeps its width); every input's other axes pass."""
+    consts = {"a.w": weight(6, 3, 1, 1), "b.w": weight(6, 3, 1, 1), "g.w": weight(6, 4)}
+    nodes = [
+        node("Conv", ["x", "a.w"], ["a"]),
+        node("Conv", ["x", "b.w"], ["b"]),
+        node("Concat", ["a", "b"], ["c"], axis=2),
+        node("ReduceMean", ["c"], ["m"], axes=[2, 3], keepdims=0),
+        node("MatMul", ["m", "g.w"], ["y"]),
+    ]
+    made = model(nodes, {"x": (1, 3, "height", 8)}, {"y": (1, 4)}, consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "a.w", 0)  # channels: axis 1 passes from both inputs
+    assert {("a", 1), ("b", 1), ("c", 1), ("b.w", 0), ("g.w", 0)} <= members(group)
+    assert group.prunable, group.blocked
+    assert not any(Space("a", 2) in g.sizes or Space("c", 2) in g.sizes for g in dep.groups)
+    prune_every_group(made)
+
+
+def test_flatten_target_sliced_from_a_partly_dynamic_shape_is_split_into_runs():
+    """TorchScript's flatten(2): Reshape(x, Concat(Slice(Shape(x), 0, 2), [-1])) reads batch
+    (symbolic) and channels (static) in one Slice. Preparation rewrites the Slice as
+    Concat(Shape(x, 0, 1), [C], [-1]), so the channel count is a constant the Reshape rule
+    rewrites, and the batch is read as Shape(x, 0, 1) (onnx's data propagation sees through it):
+    the channels can go."""
+    consts = {
+        "c.w": weight(6, 3, 1, 1),
+        "g.w": weight(6, 4),
+        "zero": ints(0),
+        "two": ints(2),
+        "minus_one": ints(-1),
+    }
+    nodes = [
+        node("Conv", ["x", "c.w"], ["c"]),
+        node("Shape", ["c"], ["shape"]),
+        node("Slice", ["shape", "zero", "two"], ["lead"]),
+        node("Concat", ["lead", "minus_one"], ["target"], axis=0),
+        node("Reshape", ["c", "target"], ["r"]),  # [batch, 6, 64]
+        node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
+        node("MatMul", ["t", "g.w"], ["y"]),
+    ]
+    made = model(nodes, {"x": ("batch", 3, 8, 8)}, {"y": ("batch", 64, 4)}, consts)
+    work, dep = analyze(made)
+    group = group_with(dep, "c.w", 0)
+    assert group.prunable, group.blocked
+    assert {("c", 1), ("r", 1), ("t", 2), ("g.w", 0)} <= members(group)
+    assert "Slice" not in {n.op_type for n in work.graph.node}
+    reads = [n for n in work.graph.node if n.op_type == "Shape" and n.attribute]
+    assert sorted((a.name, a.i) for n in reads for a in n.attribute) == [("end", 1), ("start", 0)]
+    pruned, _, _ = prune_every_group(made)
+    from graphprune.verify import run
+
+    x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    assert run(pruned, {"x": x})["y"].shape == (3, 64, 4)  # batch still read at run time

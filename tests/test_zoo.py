@@ -145,3 +145,50 @@ def test_every_attention_layer_prunes_heads_exactly_at_25_and_50_percent(name, e
         assert result.written
         run(onnx.load(out), other_sizes)  # dynamic axes stayed dynamic
     assert result.after.params < result.before.params  # at 50% some head always goes
+
+
+# Hidden size (the residual stream, issue 3 item 4): opt-in, not exact under the oracle.
+HIDDEN_MODELS = ("llama_tiny", "gpt2_tiny", "vit_tiny_hf")
+HIDDEN_CASES = [
+    pytest.param(name, exporter, id=f"{name}-{exporter}")
+    for name in HIDDEN_MODELS
+    for exporter in ZOO[name].exporters
+]
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize(("name", "exporter"), HIDDEN_CASES)
+def test_hidden_size_prunes_with_heads_and_mlp_and_reports_its_deviation(name, exporter, tmp_path):
+    """Decoders with logits and classifiers: 25% of the residual width goes with heads and MLP
+    channels; the oracle comparison is reported, not exact (the norms' statistics change), the
+    structural check passes, and the pruned model runs at another batch and sequence."""
+    entry = ZOO[name]
+    if not entry.available():
+        pytest.skip(f"{name} needs {', '.join(entry.missing_modules())}")
+    source = export(name, exporter)
+    (hidden,) = [g for g in analyze(source).dep.groups if g.kind == "hidden"]
+    assert hidden.prunable and not hidden.exact, hidden.blocked
+    out = tmp_path / "pruned.onnx"
+    scopes = ("heads", "mlp", "hidden")
+    inputs = example_inputs(entry)
+    result = prune(source, out, ratio=0.25, scopes=scopes, providers=("cpu",), inputs=inputs)
+    assert result.passed and result.written, [c.line() for c in result.checks]
+    removed = {g.group: len(g.removed) for g in result.plan.groups}
+    assert removed[hidden.id] == hidden.n_units // 4
+    assert len(removed) > 1  # heads and MLP channels went too
+    oracle, structure = result.checks
+    assert not oracle.exact and oracle.passed and structure.passed
+    (output,) = oracle.outputs
+    assert output.max_abs > 0 and output.cosine > 0.9, oracle.line()
+    assert len({str(s.inputs) for s in structure.shapes}) == 2  # a second batch/sequence
+    other = example_inputs(entry, sizes={"batch": 3, "sequence": 11})
+    dense, pruned = run(onnx.load(source), other), run(onnx.load(out), other)
+    assert {k: v.shape for k, v in pruned.items()} == {k: v.shape for k, v in dense.items()}
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("exporter", ZOO["bert_tiny"].exporters)
+def test_an_encoder_returning_last_hidden_state_keeps_hidden_blocked(exporter):
+    (hidden,) = [g for g in analyze(export("bert_tiny", exporter)).dep.groups if g.kind == "hidden"]
+    assert not hidden.prunable and not hidden.exact
+    assert any("last_hidden_state[axis 2] is a graph output" in r for r in hidden.blocked)
