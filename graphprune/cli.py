@@ -86,7 +86,24 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_SCOPES,
         help="what to prune: channels (alias mlp), heads (attention heads and "
         "GQA/MQA key-value groups), hidden (the residual stream through its norms: not exact "
-        "under the oracle, opt-in only); default channels,heads",
+        "under the oracle, opt-in only); default channels,heads. experts (whole MoE experts) "
+        "and expert-mlp (each expert's intermediate channels) form a run of their own",
+    )
+    prune.add_argument(
+        "--expert-ratio",
+        type=_ratio,
+        default=None,
+        help="share of each MoE layer's experts to remove (scope experts; default --ratio); "
+        "criteria stun, frequency (needs --calib or --inputs), l2",
+    )
+    prune.add_argument(
+        "--remove-blocks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="COMP's coarse stage: remove the N residual sub-blocks (attention or MLP) whose "
+        "output is closest to their input (1 - cos on calibration data), before pruning "
+        "channels; checked against the original with those branches multiplied by zero",
     )
     prune.add_argument(
         "--round-to", type=_positive_int, default=1, help="keep a multiple of N units per group"
@@ -256,11 +273,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+EXPERT_SCOPES = ("experts", "expert-mlp")
+
+
 def _scopes(text: str) -> tuple[str, ...]:
     names = tuple(s.strip().lower() for s in text.split(",") if s.strip())
-    unknown = [s for s in names if s not in SCOPES]
+    known = (*SCOPES, *EXPERT_SCOPES)
+    unknown = [s for s in names if s not in known]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"scopes are {', '.join(SCOPES)}; not {text!r}")
+        raise argparse.ArgumentTypeError(f"scopes are {', '.join(known)}; not {text!r}")
+    if set(names) & set(EXPERT_SCOPES) and set(names) - set(EXPERT_SCOPES):
+        raise argparse.ArgumentTypeError(
+            "experts and expert-mlp run on their own: prune experts first, then channels and "
+            "heads of the result"
+        )
     return names
 
 
@@ -290,6 +316,10 @@ def _run_prune(args: argparse.Namespace) -> int:
     from graphprune.pipeline import prune
     from graphprune.plan import Plan
 
+    if set(args.scope) & set(EXPERT_SCOPES):
+        return _run_prune_experts(args)
+    if args.remove_blocks:
+        return _run_remove_blocks(args)
     if args.criterion not in IMPORTANCE:
         raise BadInput(
             f"unknown criterion '{args.criterion}' (known: {', '.join(sorted(IMPORTANCE))})"
@@ -329,6 +359,62 @@ def _run_prune(args: argparse.Namespace) -> int:
     else:
         _print_prune(result, args)
     return EXIT_OK if result.passed else EXIT_VERIFY
+
+
+def _run_prune_experts(args: argparse.Namespace) -> int:
+    """`prune --scope experts[,expert-mlp]`: whole experts (the -inf router oracle) and each
+    expert's own intermediate channels (zero-then-prune)."""
+    from graphprune.moe_prune import prune_experts
+    from graphprune.verify import load_inputs
+
+    ratio = args.ratio if args.expert_ratio is None else args.expert_ratio
+    inputs = load_inputs(args.inputs) if args.inputs else None
+    calib = load_inputs(args.calib) if getattr(args, "calib", None) else None
+    result = prune_experts(
+        args.input,
+        args.output,
+        expert_ratio=ratio if "experts" in args.scope else 0.0,
+        criterion=args.criterion,
+        calib_inputs=calib,
+        verify=not args.no_verify,
+        providers=args.providers,
+        seed=args.seed,
+        input_shapes=dict(args.shape),
+        inputs=inputs,
+        expert_mlp_ratio=args.ratio if "expert-mlp" in args.scope else 0.0,
+    )
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=1, default=str))
+    else:
+        from graphprune.report import table
+
+        print(table(result.before, result.after))
+        print("\n".join(result.lines()))
+        print(f"wrote {args.output}" if result.written else f"not written ({args.output})")
+    return EXIT_OK if result.passed else EXIT_VERIFY
+
+
+def _run_remove_blocks(args: argparse.Namespace) -> int:
+    """`prune --remove-blocks N`: COMP's coarse stage on its own (see passes/remove_blocks)."""
+    from graphprune.block_prune import prune_blocks
+
+    result = prune_blocks(
+        args.input,
+        args.output,
+        args.remove_blocks,
+        _calibration_source(args),
+        providers=args.providers,
+        input_shapes=dict(args.shape),
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        for block in result["removed"]:
+            print(f"removed {block['kind']} block {block['id']} (1 - cos = {block['score']:.4f})")
+        print(result["check"])
+        print(f"wrote {args.output}" if result["written"] else f"not written ({args.output})")
+    return EXIT_OK if result["passed"] else EXIT_VERIFY
 
 
 def _prune_json(result) -> dict:
@@ -426,6 +512,14 @@ def _run_inspect(args: argparse.Namespace) -> int:
             )
             note = f" ({row['note']})" if "note" in row else ""
             print(f"{row['layer'][-55:]:<56}{row['what']:<13}{size:>14}  {row['prunable']}{note}")
+    if report["experts"]:
+        print(f"\n{'MoE layer':<40}{'experts':>8}{'top-k':>7}  {'form':<12}prunable")
+        for row in report["experts"]:
+            status = "yes" if row["prunable"] else f"no: {row['blocked']}"
+            print(
+                f"{row['name'][-39:]:<40}{row['experts']:>8}{row['top_k']:>7}  "
+                f"{row['form']:<12}{status}"
+            )
     return EXIT_OK
 
 
@@ -500,7 +594,16 @@ def inspect_report(analysis) -> dict:
         ],
         "barriers": dict(Counter(dep.missing_rules).most_common()),
         "layers": _transformer_layers(dep),
+        "experts": _expert_layers(dep),
     }
+
+
+def _expert_layers(dep) -> list[dict]:
+    """Per MoE layer: experts, top-k, form, and whether experts can be removed."""
+    from graphprune.moe import find_layers
+    from graphprune.moe_prune import describe
+
+    return [layer.as_dict() for layer in describe(find_layers(dep))]
 
 
 def _transformer_layers(dep) -> list[dict]:
