@@ -43,6 +43,7 @@ def prepare(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
         _fold_static_shape_arithmetic(model, declared)
         if not _resolve_inferred_reshape_entries(model, declared):
             break
+    _unpack_packed_projections(model, declared)
     _unfold_merge_round_trips(model, declared)
     _untie_shared_vectors(model)
     return model
@@ -514,6 +515,111 @@ def _dim_of(index: GraphIndex, tensor: str, axis: int) -> int | str | None:
     return shape[axis] if shape is not None and 0 <= axis < len(shape) else None
 
 
+_AXIS_MOVES = ("Unsqueeze", "Transpose", "Squeeze")
+
+
+def _unpack_packed_projections(model: onnx.ModelProto, declared: list) -> None:
+    """Replace `Gather(k)` of a packed projection by the Slice it is.
+
+    torch's nn.MultiheadAttention projects q, k and v with one [E, 3E] weight, then
+    `unflatten(-1, (3, E)).unsqueeze(0).transpose(0, -2).squeeze(-2)` and picks `proj[k]`:
+    Reshape [.., 3E] -> [.., 3, E], Unsqueeze, Transpose, Squeeze, Gather(k) on the 3-axis. No
+    rule carries E through a gathered axis, yet the result is p[.., k*E:(k+1)*E]. When the
+    Gather's input is Reshape's output with only unit axes added and removed and the 3-axis
+    moved to the front, every other axis in its order, the Gather becomes that Slice.
+    """
+    moved = {m.output[0] for m in _axis_movers(model)}
+    candidates = [n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in moved]
+    if not candidates:
+        return
+    index = _shaped_index(model, declared)
+    store = ConstantStore(model)
+    for gather in candidates:
+        found = _packed_slice(index, gather)
+        if found is None:
+            continue
+        source, start, width = found
+        bounds = [
+            store.add(f"{gather.output[0]}_{what}", np.array([v], dtype=np.int64))
+            for what, v in (("start", start), ("end", start + width), ("axis", -1))
+        ]
+        sliced = onnx.helper.make_node(
+            "Slice", [source, *bounds], [gather.output[0]], name=f"{gather.name}_unpacked"
+        )
+        gather.CopyFrom(sliced)
+    _remove_dead_nodes(model)
+
+
+def _axis_movers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type in _AXIS_MOVES and n.domain in ("", "ai.onnx")]
+
+
+def _packed_slice(index: GraphIndex, gather: onnx.NodeProto) -> tuple[str, int, int] | None:
+    """(p, start, width) when `gather` picks p[.., start:start+width] (see above)."""
+    picked = index.const(gather.input[1])
+    if attribute(gather, "axis", 0) != 0 or picked is None or picked.size != 1:
+        return None
+    chain, name = [], gather.input[0]
+    while True:  # back through the axis moves to the Reshape
+        position = index.producer.get(name)
+        node = index.node(position) if position is not None else None
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type == "Reshape":
+            break
+        if node.op_type not in _AXIS_MOVES or len(chain) > 4:
+            return None
+        chain.append(node)
+        name = node.input[0]
+    source, shapes = node.input[0], [index.shapes.get(t) for t in (node.input[0], node.output[0])]
+    if any(s is None for s in shapes) or len(shapes[1]) != len(shapes[0]) + 1:
+        return None
+    before, after = shapes
+    groups, width = after[-2], after[-1]
+    if not (isinstance(groups, int) and isinstance(width, int) and before[-1] == groups * width):
+        return None
+    if list(before[:-1]) != list(after[:-2]):
+        return None
+    labels: list = list(range(len(after)))  # Reshape output axes; None for an added unit axis
+    for move in reversed(chain):
+        labels = _moved_labels(index, move, labels)
+        if labels is None:
+            return None
+    rank = len(after)
+    if labels != [rank - 2, *range(rank - 2), rank - 1]:
+        return None
+    k = int(picked.reshape(-1)[0]) % groups
+    return source, k * width, width
+
+
+def _moved_labels(index: GraphIndex, node: onnx.NodeProto, labels: list) -> list | None:
+    """Where each axis label goes through an Unsqueeze, Transpose or Squeeze; None when a
+    Squeeze removes an axis that was not added as a unit axis."""
+    ctx_axes = _const_or_attr(index, node, "axes")
+    if node.op_type == "Transpose":
+        perm = attribute(node, "perm") or list(reversed(range(len(labels))))
+        return [labels[p] for p in perm]
+    if ctx_axes is None:
+        return None
+    if node.op_type == "Unsqueeze":
+        out = list(labels)
+        for axis in sorted(a % (len(labels) + len(ctx_axes)) for a in ctx_axes):
+            out.insert(axis, None)
+        return out
+    removed = {a % len(labels) for a in ctx_axes}
+    if any(labels[a] is not None for a in removed):
+        return None
+    return [label for a, label in enumerate(labels) if a not in removed]
+
+
+def _const_or_attr(index: GraphIndex, node: onnx.NodeProto, name: str) -> list[int] | None:
+    if len(node.input) > 1 and node.input[1]:
+        value = index.const(node.input[1])
+        return None if value is None else [int(v) for v in value.reshape(-1)]
+    value = attribute(node, name)
+    return None if value is None else [int(v) for v in value]
+
+
 def _unfold_merge_round_trips(model: onnx.ModelProto, declared: list) -> None:
     """Replace Reshape (merge) -> Transpose -> Reshape (split back) by the one Transpose it is.
 
@@ -528,26 +634,63 @@ def _unfold_merge_round_trips(model: onnx.ModelProto, declared: list) -> None:
     if not any(n.op_type == "Reshape" for n in model.graph.node):
         return
     index = _shaped_index(model, declared)
-    replaced = {}
+    replaced, heads = {}, {}
     for position, node in enumerate(model.graph.node):
         if node.op_type == "Reshape" and node.domain in ("", "ai.onnx"):
             found = _round_trip(index, node)
             if found is not None:
                 replaced[position] = found
-    if not replaced:
+            elif (split := _heads_out_of_batch(index, node)) is not None:
+                heads[position] = split
+    if not replaced and not heads:
         return
     graph = model.graph
-    for position, (source, perm) in replaced.items():
+    store = ConstantStore(model)
+    for position in sorted({*replaced, *heads}, reverse=True):  # inserting shifts only later
         old = graph.node[position]
+        label = old.name or old.output[0]
+        if position in replaced:
+            source, perm = replaced[position]
+        else:  # Reshape(x, [0, 0, h, d]), then the one Transpose
+            x, head_count, head_dim = heads[position]
+            target = store.add(f"{label}_heads", np.array([0, 0, head_count, head_dim]))
+            source, perm = f"{label}_heads_split", [1, 2, 0, 3]
+            split = onnx.helper.make_node("Reshape", [x, target], [source], name=f"{label}_heads")
+            graph.node.insert(position, split)
+            position += 1
         new = onnx.helper.make_node(
-            "Transpose",
-            [source],
-            [old.output[0]],
-            name=f"{old.name or old.output[0]}_unfolded",
-            perm=perm,
+            "Transpose", [source], [old.output[0]], name=f"{label}_unfolded", perm=perm
         )
         graph.node[position].CopyFrom(new)
     _remove_dead_nodes(model)
+
+
+def _heads_out_of_batch(index: GraphIndex, split: onnx.NodeProto) -> tuple[str, int, int] | None:
+    """(x, h, d) when `split` ends torch's multi-head attention fold of heads into the batch.
+
+    `F.multi_head_attention_forward` (nn.MultiheadAttention) writes, sequence first,
+    `q.view(s, b * h, d).transpose(0, 1)` and later `.view(b, h, s, d)`: Reshape
+    [s, b, h*d] -> [s, b*h, d], Transpose (1, 0, 2), Reshape -> [b, h, s, d]. The heads are
+    merged into the (symbolic) batch, where no rule can carry them; the same values are
+    `Transpose(Reshape(x, [s, b, h, d]), (1, 2, 0, 3))`, written with 0 for s and b so that
+    they stay dynamic and h a constant the rules rewrite."""
+    transpose = _sole_producer(index, split.input[0], "Transpose")
+    merge = transpose and _sole_producer(index, transpose.input[0], "Reshape")
+    if merge is None or (attribute(transpose, "perm") or []) != [1, 0, 2]:
+        return None
+    x, y, w = merge.input[0], merge.output[0], split.output[0]
+    xs, ys, ws = (index.shapes.get(t) for t in (x, y, w))
+    if xs is None or ys is None or ws is None or (len(xs), len(ys), len(ws)) != (3, 3, 4):
+        return None
+    (s, b, width), (s_y, _, head_dim), (b_w, head_count, s_w, d_w) = xs, ys, ws
+    static = all(isinstance(v, int) for v in (width, head_dim, head_count, d_w))
+    if not static or head_dim != d_w or head_count * head_dim != width:
+        return None
+    if not (s == s_y == s_w and b == b_w) or (isinstance(b, int) and b == head_count):
+        return None  # sizes that do not pin the fold down (b == h would be ambiguous)
+    if isinstance(s, int) and isinstance(b, int):
+        return None  # all static: the rules carry the reshapes as they are
+    return x, head_count, head_dim
 
 
 def _round_trip(index: GraphIndex, split: onnx.NodeProto) -> tuple[str, list[int]] | None:

@@ -62,7 +62,7 @@ def export(path, kv_heads: int, exporter: str) -> None:
     export_module(Block(kv_heads).eval(), path, exporter)
 
 
-def export_module(block, path, exporter: str) -> None:
+def export_module(block, path, exporter: str, dynamic_sequence: bool = True) -> None:
     x = torch.randn(2, 8, HIDDEN)
     if exporter == "torchscript":
         torch.onnx.export(
@@ -73,10 +73,12 @@ def export_module(block, path, exporter: str) -> None:
             opset_version=17,
             input_names=["x"],
             output_names=["y"],
-            dynamic_axes={"x": {0: "b", 1: "s"}},
+            dynamic_axes={"x": {0: "b", 1: "s"} if dynamic_sequence else {0: "b"}},
         )
     else:
-        dims = {"x": {0: torch.export.Dim("b"), 1: torch.export.Dim("s")}}
+        dims = {"x": {0: torch.export.Dim("b")}}
+        if dynamic_sequence:
+            dims["x"][1] = torch.export.Dim("s")
         torch.onnx.export(
             block,
             (x,),
@@ -294,3 +296,67 @@ def test_transformers_style_attention_prunes_exactly_and_stays_dynamic(
         x = np.random.default_rng(1).standard_normal((3, 5, HIDDEN), np.float32)
         assert run(onnx.load(out), {"x": x})["y"].shape == (3, 5, HIDDEN)
     assert result.after.params < result.before.params
+
+
+class TorchMHABlock(torch.nn.Module):
+    """torch.nn.MultiheadAttention (torchvision's ViT uses it): one packed [E, 3E] in-projection
+    picked apart by Reshape/Unsqueeze/Transpose/Squeeze/Gather, and heads folded into the batch
+    (sequence first: [s, b, E] -> [s, b*h, d] -> transpose -> [b, h, s, d]). Run with the fast
+    path off, as the zoo does, so that both exporters export it."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention = torch.nn.MultiheadAttention(HIDDEN, HEADS, batch_first=True)
+        with torch.no_grad():
+            self.attention.in_proj_bias.normal_()
+            self.attention.out_proj.bias.normal_()
+
+    def forward(self, x):
+        previous = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            return x + self.attention(x, x, x, need_weights=False)[0]
+        finally:
+            torch.backends.mha.set_fastpath_enabled(previous)
+
+
+# TorchScript traces the key/value length of nn.MultiheadAttention as a constant (its export is
+# not dynamic in the sequence, dense or pruned): dynamic batch only there, as in torchvision's ViT
+MHA_CASES = [("torchscript", False), ("dynamo", False), ("dynamo", True)]
+
+
+@pytest.mark.parametrize(
+    ("exporter", "dynamic_sequence"),
+    MHA_CASES,
+    ids=[f"{e}-{'batch+sequence' if d else 'batch'}" for e, d in MHA_CASES],
+)
+def test_torch_multihead_attention_heads_prune_exactly_and_stay_dynamic(
+    exporter, dynamic_sequence, tmp_path
+):
+    source = tmp_path / "mha.onnx"
+    torch.manual_seed(0)
+    export_module(TorchMHABlock().eval(), source, exporter, dynamic_sequence)
+    analysis = analyze(source)
+    (group,) = [g for g in analysis.dep.groups if g.kind == "head"]
+    assert group.prunable and group.n_units == HEADS, group.blocked
+    unpacked = [n for n in analysis.work.graph.node if n.name.endswith("_unpacked")]
+    assert [n.op_type for n in unpacked] == ["Slice"] * 3  # q, k, v: slices of the packed output
+    assert len({n.input[0] for n in unpacked}) == 1
+    for ratio in (0.25, 0.5):
+        out = tmp_path / f"{ratio}.onnx"
+        result = prune(
+            source,
+            out,
+            ratio=ratio,
+            scopes=("heads",),
+            providers=("cpu",),
+            input_shapes={"x": (2, 8, HIDDEN)},
+        )
+        assert result.passed, [c.line() for c in result.checks]
+        sequence = 5 if dynamic_sequence else 8
+        x = np.random.default_rng(1).standard_normal((3, sequence, HIDDEN), np.float32)
+        assert run(onnx.load(out), {"x": x})["y"].shape == (3, sequence, HIDDEN)
+    weights = {t.name: list(t.dims) for t in onnx.load(out).graph.initializer}
+    assert [HIDDEN, 3 * HIDDEN // 2] in weights.values() or [3 * HIDDEN // 2, HIDDEN] in (
+        weights.values()
+    )  # the packed in-projection lost half of each of its q, k and v blocks

@@ -77,16 +77,9 @@ def test_digits_cnn_keeps_accuracy_when_pruned_30_percent(exporter, tmp_path):
 
 
 # Attention layers whose heads are still blocked (issue 3), each a strict xfail with its reason.
-_TV_MHA = (
-    "torchvision nn.MultiheadAttention: the packed in_proj output is split [3E] -> [3, E] and "
-    "q/k/v picked by Gather on the 3-axis (no rule carries E through that), then heads are "
-    "folded into the batch ([L, b, E] -> [L, b*h, d]), a merge no rule carries"
-)
+# (torchvision's nn.MultiheadAttention, once a gap, prunes: prepare unpacks its packed q/k/v and
+# takes its heads out of the batch; see models/ATTENTION_PATTERNS.md.)
 HEAD_GAPS = {
-    ("vit_b16_tv", "torchscript"): _TV_MHA,
-    ("vit_b16_tv", "dynamo"): _TV_MHA,
-    ("vit_b16_tv_fused", "torchscript"): _TV_MHA,
-    ("vit_b16_tv_fused", "dynamo"): _TV_MHA,
     ("swin_tiny_hf", "torchscript"): "the merge back [b*nW, 16, h, d] -> [b*nW, 16, -1] keeps its "
     "-1: shape inference names the window batch differently on the two sides (the shifted-window "
     "mask broadcast loses it), so the head axis cannot be resolved and carried",
