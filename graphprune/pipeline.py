@@ -150,10 +150,6 @@ def prune(
     (fluctuation: FLAP's bias, obspa: the OBS update, condition: mask tuning), `reconstruct`
     adds layer-wise least-squares reconstruction. With a replayed `plan`, the plan's criterion
     decides the own compensation."""
-    from graphprune.passes import compensation as compensation_pass
-    from graphprune.passes import importance
-    from graphprune.passes.slice_channels import slice_channels
-
     _check_paths(source, destination)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -165,25 +161,9 @@ def prune(
         clock = now
 
     criterion = plan.criterion if plan is not None else criterion
-    try:
-        scorer = importance(criterion) if plan is None else None
-        passes = [
-            compensation_pass(n) for n in compensation_names(criterion, compensation, reconstruct)
-        ]
-    except KeyError as err:
-        raise BadInput(err.args[0]) from None
-    needs_data = bool(passes) or (scorer is not None and scorer.needs_data)
-    needs_gram = any(p.needs_gram for p in passes) or (scorer is not None and scorer.needs_gram)
-    if needs_data and calib is None:
-        what = (
-            f"criterion '{criterion}'"
-            if scorer is not None and scorer.needs_data
-            else ("compensation " + "+".join(p.name for p in passes))
-        )
-        raise BadInput(
-            f"{what} needs calibration data: pass --calib FILE.npz (or --calib-images, "
-            "--calib-text) or --data-free"
-        )
+    scorer, passes = _passes(criterion, plan is None, compensation, reconstruct, calib is not None)
+    needs_data = bool(passes) or getattr(scorer, "needs_data", False)
+    needs_gram = any(p.needs_gram for p in passes) or getattr(scorer, "needs_gram", False)
 
     analysis = analyze(source)
     dep = analysis.dep
@@ -220,13 +200,8 @@ def prune(
     before = replace(analysis.original, macs=count_macs(analysis.work, shapes))
     moved = None
     if update is not None:
-        # what compensation does to the outputs: dense, and pruned without it (the pruned
-        # model computes what the masked one does, and is smaller to hold)
-        with exposed(analysis.work, []):  # without inferred sizes, as the oracle runs it
-            dense = run(analysis.work, inputs)
-        uncompensated = slice_channels(analysis.work, dep, removals)
-        without = run(uncompensated, inputs)
-        del uncompensated
+        dense, without = _uncompensated_outputs(analysis, removals, inputs)
+        lap("outputs without compensation")
     pruned, new_biases = _rewrite(analysis, removals, update, stats)
     lap("rewrite")
     after = summarize(pruned, None, shapes)
@@ -235,7 +210,7 @@ def prune(
             [p.name for p in passes], update, new_biases, dense, without, pruned, inputs
         )
         del dense, without
-        lap("measure compensation")
+        lap("outputs with compensation")
     checks = []
     if verify:
         # the working copy is not needed past this point: the oracle masks it in place (with
@@ -265,6 +240,47 @@ def prune(
     lap("write")
     result.peak_rss_bytes = peak_rss_bytes()
     return result
+
+
+def _passes(
+    criterion: str, scoring: bool, compensation: str, reconstruct: bool, has_data: bool
+) -> tuple:
+    """(the importance pass, or None when a plan is replayed; the compensation passes), checked
+    for names that are not registered and for data they need but were not given."""
+    from graphprune.passes import compensation as compensation_pass
+    from graphprune.passes import importance
+
+    try:
+        scorer = importance(criterion) if scoring else None
+        names = compensation_names(criterion, compensation, reconstruct)
+        passes = [compensation_pass(name) for name in names]
+    except KeyError as err:
+        raise BadInput(err.args[0]) from None
+    scorer_needs_data = getattr(scorer, "needs_data", False)
+    if not has_data and (passes or scorer_needs_data):
+        what = (
+            f"criterion '{criterion}'"
+            if scorer_needs_data
+            else "compensation " + "+".join(p.name for p in passes)
+        )
+        raise BadInput(
+            f"{what} needs calibration data: pass --calib FILE.npz (or --calib-images, "
+            "--calib-text) or --data-free"
+        )
+    return scorer, passes
+
+
+def _uncompensated_outputs(
+    analysis: Analysis, removals: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]
+) -> tuple[dict, dict]:
+    """Outputs of the dense model and of the pruned one without compensation, on `inputs`.
+    The pruned model computes what the masked original does and is smaller to hold."""
+    from graphprune.passes.slice_channels import slice_channels
+
+    with exposed(analysis.work, []):  # without inferred sizes, as the oracle runs it
+        dense = run(analysis.work, inputs)
+    uncompensated = slice_channels(analysis.work, analysis.dep, removals)
+    return dense, run(uncompensated, inputs)
 
 
 def _compensate(

@@ -520,3 +520,21 @@ def test_text_without_a_tokenizer_is_bad_input(tmp_path):
     text.write_text("some words")
     with pytest.raises(BadInput, match="needs --tokenizer"):
         batches(CalibrationSource("text", path=str(text)), token_model())
+
+
+def test_sessions_of_models_past_the_protobuf_limit_leave_the_model_as_it_was(monkeypatch):
+    from graphprune import load as loading
+
+    consts = {"w1": weight(64, 64), "b1": weight(64), "w2": weight(64, 8)}
+    nodes = [
+        node("MatMul", ["x", "w1"], ["m"]),
+        node("Add", ["m", "b1"], ["h"]),
+        node("MatMul", ["h", "w2"], ["y"]),
+    ]
+    made = model(nodes, {"x": (2, 64)}, ["y"], consts)
+    feeds = {"x": RNG.standard_normal((2, 64)).astype(np.float32)}
+    expected = run(made, feeds)["y"]
+    before = made.SerializeToString()
+    monkeypatch.setattr(loading, "EXTERNAL_DATA_THRESHOLD", 100)  # every weight goes outside
+    np.testing.assert_array_equal(run(made, feeds)["y"], expected)
+    assert made.SerializeToString() == before
