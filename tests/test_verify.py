@@ -88,3 +88,50 @@ def test_prune_uses_given_inputs_for_its_oracle(tmp_path, capsys):
     np.savez(data, wrong=np.ones(2, np.float32))
     assert main(["prune", str(source), str(tmp_path / "o2.onnx"), "--inputs", str(data)]) == 2
     assert "needs inputs ['x']" in capsys.readouterr().err
+
+
+W = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)
+
+
+def _cancelling(big: float):
+    """y = (x * big + W) - x * big: W in exact arithmetic; float32's cancellation loses about
+    big * 6e-8 of W, float64's about big * 1e-16."""
+    from tests.graphs import model, node
+
+    consts = {"big": np.array(big, np.float32), "w": W}
+    nodes = [
+        node("Mul", ["x", "big"], ["xb"]),
+        node("Add", ["xb", "w"], ["s"]),
+        node("Sub", ["s", "xb"], ["y"]),
+    ]
+    return model(nodes, {"x": (4, 8)}, ["y"], consts)
+
+
+def _plain(shift: float):
+    """y = x * 0 + W + shift."""
+    from tests.graphs import model, node
+
+    consts = {"w": W, "zero": np.array(0.0, np.float32), "shift": np.array(shift, np.float32)}
+    nodes = [
+        node("Mul", ["x", "zero"], ["x0"]),
+        node("Add", ["x0", "w"], ["s"]),
+        node("Add", ["s", "shift"], ["y"]),
+    ]
+    return model(nodes, {"x": (4, 8)}, ["y"], consts)
+
+
+def test_float64_decides_a_round_off_failure_and_still_fails_a_wrong_model():
+    from graphprune.verify import _judge_in_float64, run
+
+    reference = _cancelling(1e4)  # float32 loses ~6e-4 of W here: past rtol 1e-4
+    inputs = {"x": np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32) * 10}
+    for shift, exact in ((0.0, True), (1e-3, False)):
+        candidate = _plain(shift)
+        check = Check("zero-then-prune oracle", "cpu")
+        check.outputs = compare(run(reference, inputs), run(candidate, inputs))
+        assert not check.passed  # float32 cannot tell
+        _judge_in_float64(check, reference, candidate, inputs)
+        gap = check.outputs[0].fp64_gap
+        assert gap is not None
+        assert check.passed == exact
+        assert (gap < 1e-9) if exact else (gap > 1e-4)
