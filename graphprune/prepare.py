@@ -451,19 +451,38 @@ def _resolve_reshape_entries_once(model: onnx.ModelProto, declared: list) -> int
         symbols = sorted(d for d in source if isinstance(d, str))
         named = sorted(e for e in entries if isinstance(e, str))
         literals = [e for e in entries if isinstance(e, int) and e != -1]
-        if symbols != named or any(e <= 0 for e in literals):
-            continue
         total = prod(d for d in source if isinstance(d, int))
-        if total % prod(literals):
+        if symbols == named and all(e > 0 for e in literals) and total % prod(literals) == 0:
+            value = total // prod(literals)
+        else:  # symbols inference named apart (Swin's shifted windows): what the reader needs
+            value = _size_the_reader_needs(index, node, entries.index(-1), length)
+        if value is None:
             continue
         minus_one = shape_entry(ctx, 1, entries.index(-1))
         holder = model.graph.node[minus_one.node]
         name = store.private_copy(holder, minus_one.input_index)
         values = store.get(name).copy()
-        values.reshape(-1)[minus_one.entry] = total // prod(literals)
+        values.reshape(-1)[minus_one.entry] = value
         store.set(name, values)
         resolved += 1
     return resolved
+
+
+def _size_the_reader_needs(
+    index: GraphIndex, reshape: onnx.NodeProto, entry: int, length: int
+) -> int | None:
+    """The -1 of a Reshape whose last axis is the contraction axis of a MatMul by a constant
+    [K, N] weight: the model runs only when that axis is K, so the -1 is K."""
+    readers = index.consumers.get(reshape.output[0], [])
+    if entry != length - 1 or len(readers) != 1 or reshape.output[0] in index.graph_outputs:
+        return None
+    reader = index.node(readers[0])
+    if reader.op_type != "MatMul" or reader.domain not in ("", "ai.onnx"):
+        return None
+    if reader.input[0] != reshape.output[0] or not index.is_constant(reader.input[1]):
+        return None
+    weight = index.shapes.get(reader.input[1])
+    return weight[0] if weight is not None and len(weight) == 2 else None
 
 
 def _entry_size(ctx, index: GraphIndex, k: int, shape_entry) -> int | str | None:

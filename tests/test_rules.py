@@ -1003,3 +1003,23 @@ def test_flatten_target_sliced_from_a_partly_dynamic_shape_is_split_into_runs():
 
     x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
     assert run(pruned, {"x": x})["y"].shape == (3, 64, 4)  # batch still read at run time
+
+
+def test_a_minus_one_that_inference_cannot_pin_is_what_its_matmul_reader_needs():
+    """Swin's shifted windows: the merge back `[b*nW, 16, h, d] -> [b*nW, 16, -1]` reads its
+    first entry from a tensor whose window batch inference named differently, so the -1 cannot
+    be computed from the sizes. Its only reader is a MatMul by a [32, 8] weight: the model runs
+    only when that axis is 32, so the -1 is written as 32 and the head axis can be carried."""
+    consts = {"w": weight(32, 8), "sixteen": ints(16), "minus_one": ints(-1)}
+    nodes = [
+        node("Shape", ["m"], ["m_shape"], start=0, end=1),
+        node("Concat", ["m_shape", "sixteen", "minus_one"], ["target"], axis=0),
+        node("Reshape", ["x", "target"], ["merged"]),
+        node("MatMul", ["merged", "w"], ["y"]),
+    ]
+    inputs = {"x": ("n", 16, 2, 16), "m": ("windows", 3)}
+    made = model(nodes, inputs, {"y": ("windows", 16, 8)}, consts)
+    work, dep = analyze(made)
+    (concat,) = [n for n in work.graph.node if n.op_type == "Concat"]
+    assert initializer(work, concat.input[2]).tolist() == [32]
+    assert dep.index.shapes["merged"][1:] == (16, 32)

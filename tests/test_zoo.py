@@ -77,13 +77,10 @@ def test_digits_cnn_keeps_accuracy_when_pruned_30_percent(exporter, tmp_path):
 
 
 # Attention layers whose heads are still blocked (issue 3), each a strict xfail with its reason.
-# (torchvision's nn.MultiheadAttention, once a gap, prunes: prepare unpacks its packed q/k/v and
-# takes its heads out of the batch; see models/ATTENTION_PATTERNS.md.)
-HEAD_GAPS = {
-    ("swin_tiny_hf", "torchscript"): "the merge back [b*nW, 16, h, d] -> [b*nW, 16, -1] keeps its "
-    "-1: shape inference names the window batch differently on the two sides (the shifted-window "
-    "mask broadcast loses it), so the head axis cannot be resolved and carried",
-}
+# Empty now: torchvision's nn.MultiheadAttention (prepare unpacks its packed q/k/v and takes its
+# heads out of the batch) and Swin TorchScript (the merge's -1 is what its MatMul reader needs)
+# were the last; see models/ATTENTION_PATTERNS.md.
+HEAD_GAPS: dict[tuple[str, str], str] = {}
 HEAD_CASES = [
     pytest.param(
         entry.name,
