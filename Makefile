@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.minilm
 	$(BIN)/python -m benchmarks.llama12
+	$(BIN)/python -m benchmarks.criteria
+	$(BIN)/python -m benchmarks.moe
 
 # Real Qwen2.5-Coder-0.5B (2.5 GB fp32, external data): export, prune 20% heads + MLP, held-out
 # perplexity on onnxruntime. About 15 min and 9 GB RAM on 2 cores; not part of `make bench`.

