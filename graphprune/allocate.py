@@ -13,17 +13,20 @@ adaptive: FLAP's adaptive structure search (AL-AM; An et al., AAAI 2024): each g
 Then, per group, the kept count is rounded up to a multiple of `round_to` and never drops below
 one unit: a group is never emptied. Within a group the lowest-scoring units go (ties: lower
 index first), except that every space keeps at least one index: a concat input or a split
-output is never emptied either (its best unit is spared).
+output is never emptied either (its best unit is spared). Groups whose sizes share one shape
+entry (see `tied_groups`) all lose the fewest units any of them was given.
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Mapping
 
 import numpy as np
 
 from graphprune.depgraph import Group
+from graphprune.ops import ShapeEntryFix
 
 ALLOCATIONS = ("uniform", "global", "adaptive")
 # scope names (the CLI's --scope) -> group kinds. "hidden" (the residual stream, through its
@@ -66,6 +69,9 @@ def allocate(
         counts = _adaptive_counts(prunable, scores, ratio, costs or {})
     else:
         raise ValueError(f"unknown allocation '{mode}' (known: {', '.join(ALLOCATIONS)})")
+    for tie in tied_groups(prunable):
+        fewest = min(counts[group_id] for group_id in tie)
+        counts.update({group_id: fewest for group_id in tie})
     removals = {}
     for group in prunable:
         remove = _rounded_removal(group.n_units, counts[group.id], round_to)
@@ -75,6 +81,33 @@ def allocate(
             if len(removed):
                 removals[group.id] = removed
     return removals
+
+
+def tied_groups(groups: list[Group]) -> list[set[str]]:
+    """Sets of groups whose new sizes are written into the same shape entry, so they must lose
+    the same number of units. Dynamo shares one run-time shape vector (a Concat of the batch,
+    the sequence and literal sizes) between the attention layers; its literal head count is then
+    one entry for every layer, and layers losing different head counts cannot all be right."""
+    owners: dict[tuple[int, int, int], set[str]] = defaultdict(set)
+    for group in groups:
+        for fix in group.fixes:
+            if isinstance(fix, ShapeEntryFix):
+                owners[fix.node, fix.input_index, fix.entry].add(group.id)
+    parent = {group.id: group.id for group in groups}
+
+    def root(group_id: str) -> str:
+        while parent[group_id] != group_id:
+            group_id = parent[group_id]
+        return group_id
+
+    for shared in owners.values():
+        first, *others = sorted(shared)
+        for other in others:
+            parent[root(other)] = root(first)
+    sets: dict[str, set[str]] = defaultdict(set)
+    for group_id in parent:
+        sets[root(group_id)].add(group_id)
+    return [tie for tie in sets.values() if len(tie) > 1]
 
 
 def spare_every_space(group: Group, removed: np.ndarray, scores: np.ndarray) -> np.ndarray:

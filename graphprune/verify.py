@@ -390,7 +390,14 @@ def oracle(
             check.skipped = "CUDAExecutionProvider not available (install graphprune[gpu])"
         else:
             reference = run(reference_model, inputs, provider)
-            check.outputs = compare(reference, run(pruned, inputs, provider), rtol, atol)
+            try:
+                actual = run(pruned, inputs, provider)
+            except Exception as err:  # the pruned model does not run: a failed check, not a crash
+                sizes = {name: list(value.shape) for name, value in inputs.items()}
+                check.shapes.append(ShapeCheck("*", sizes, [], [], _first_line(err)))
+                checks.append(check)
+                continue
+            check.outputs = compare(reference, actual, rtol, atol)
             if not check.passed:
                 _judge_against_noise(check, reference_model, reference, inputs, provider)
             if not check.passed:
@@ -420,13 +427,17 @@ def structure_check(
         try:
             actual = run(pruned, feed, provider)
         except Exception as err:  # onnxruntime's own error types; any failure fails the check
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            check.shapes.append(ShapeCheck("*", sizes, [], [], message[:300]))
+            check.shapes.append(ShapeCheck("*", sizes, [], [], _first_line(err)))
             continue
         for name, value in expected.items():
             got = list(actual[name].shape) if name in actual else []
             check.shapes.append(ShapeCheck(name, sizes, list(value.shape), got))
     return check
+
+
+def _first_line(err: Exception) -> str:
+    message = str(err).strip()
+    return (message.splitlines()[0] if message else type(err).__name__)[:300]
 
 
 def other_sizes(

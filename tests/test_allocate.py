@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from graphprune.allocate import allocate
 from graphprune.depgraph import Group
@@ -103,3 +104,29 @@ def test_unit_params_count_every_slice_a_unit_removes():
     g = group_with(dep, "c.w", 0)
     # conv row 3*3*3 + bias 1 + BN scale, bias, mean, var 4 + next conv's column 4*1*1
     np.testing.assert_array_equal(unit_params(g, dep.index.shapes), np.full(6, 27 + 1 + 4 + 4))
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("allocation", ["global", "adaptive"])
+def test_layers_sharing_one_shape_vector_lose_the_same_number_of_heads(allocation, tmp_path):
+    """GPT-2's dynamo export builds one [batch, seq, heads, head_dim] vector for every layer:
+    a non-uniform allocation must still give every tied layer the same head count."""
+    from graphprune.allocate import tied_groups
+    from graphprune.pipeline import analyze, prune
+    from models.zoo import ZOO, example_inputs, export
+
+    source = export("gpt2_tiny", "dynamo")
+    heads = [g for g in analyze(source).dep.groups if g.kind == "head" and g.prunable]
+    ties = tied_groups(heads)
+    assert ties and {g.id for g in heads} <= set().union(*ties)
+    result = prune(
+        source,
+        tmp_path / "out.onnx",
+        ratio=0.3,
+        allocation=allocation,
+        providers=("cpu",),
+        inputs=example_inputs(ZOO["gpt2_tiny"]),
+    )
+    assert result.passed, [c.line() for c in result.checks]
+    planned = {entry.group: len(entry.removed) for entry in result.plan.groups}
+    assert len({planned.get(g.id, 0) for g in heads}) == 1

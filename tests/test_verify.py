@@ -135,3 +135,18 @@ def test_float64_decides_a_round_off_failure_and_still_fails_a_wrong_model():
         assert gap is not None
         assert check.passed == exact
         assert (gap < 1e-9) if exact else (gap > 1e-4)
+
+
+def test_a_pruned_model_that_does_not_run_fails_the_oracle_instead_of_raising():
+    from onnx import numpy_helper
+
+    work, dep = analyze(small_cnn())
+    removals = {"c1.w:0": np.array([0, 1, 2, 3])}
+    broken = slice_channels(work, dep, removals)
+    for tensor in broken.graph.initializer:  # c2 reads 4 channels again: its input has 4, not 2
+        if tensor.name == "c2.w":
+            wide = numpy_helper.to_array(tensor)[:, :2]
+            tensor.CopyFrom(numpy_helper.from_array(wide, "c2.w"))
+    [check] = oracle(work, broken, dep, removals, random_inputs(work, 0), ("cpu",))
+    assert not check.passed
+    assert check.line().startswith("FAILED") and "'*'" in check.line()
