@@ -93,7 +93,7 @@ def inspect_groups(source: Path) -> tuple[dict[str, Any], float]:
 
 
 def prune_child(
-    source: Path, out: Path, inputs: Path, args: argparse.Namespace
+    source: Path, out: Path, inputs: Path, args: argparse.Namespace, calib: Path | None = None
 ) -> tuple[dict[str, Any], float]:
     """`graphprune.pipeline.prune` (oracle on real tokens, CPU) in a child; result and RSS."""
     request = {
@@ -104,6 +104,9 @@ def prune_child(
         "criterion": args.criterion,
         "allocation": args.allocation,
         "atol": args.atol,
+        "calib": str(calib) if calib is not None else None,
+        "compensation": args.compensation,
+        "reconstruct": args.reconstruct,
     }
     code = f"from benchmarks.qwen import _prune_main; _prune_main({json.dumps(request)!r})"
     return _python(code)
@@ -126,6 +129,9 @@ def _prune_main(request: str) -> None:
         scopes=SCOPES,
         providers=("cpu",),
         inputs=inputs,
+        calib=args.get("calib"),
+        compensation=args.get("compensation", "none"),
+        reconstruct=args.get("reconstruct", False),
         **({"atol": args["atol"]} if args["atol"] is not None else {}),
     )
     record = {
@@ -142,6 +148,7 @@ def _prune_main(request: str) -> None:
         "oracle_fp64_gap": _largest(result.checks, "fp64_gap"),
         "seconds": result.seconds,
         "plan": asdict(result.plan),
+        "calibration": result.calibration,
         "self_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     print(json.dumps(record))
@@ -299,8 +306,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".bench-") as tmp:
         feeds = Path(tmp) / "inputs.npz"
         np.savez(feeds, input_ids=windows[:1], attention_mask=np.ones_like(windows[:1]))
+        calib = None
+        if args.calib_windows:
+            # calibration text comes from the other split: no held-out article is seen
+            ids = token_windows("calibration", args.calib_windows, args.calib_length)
+            calib = Path(tmp) / "calib.npz"
+            np.savez(calib, input_ids=ids, attention_mask=np.ones_like(ids))
         out = Path(tmp) / "pruned.onnx"
-        pruned_record, prune_rss = prune_child(source, out, feeds, args)
+        pruned_record, prune_rss = prune_child(source, out, feeds, args, calib)
         pruned = None
         if pruned_record["written"]:
             pruned = perplexity(out, windows, args.threads)
@@ -324,6 +337,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "ratio": args.ratio,
             "criterion": args.criterion,
             "allocation": args.allocation,
+            "compensation": compensation_label(args),
+            "calib_windows": args.calib_windows,
             "atol": args.atol,
             "dense": dense,
             "prune": pruned_record | {"rss_mib": round(prune_rss)},
@@ -335,6 +350,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def compensation_label(args: argparse.Namespace) -> str:
+    """What compensated the pruned model: none, the criterion's own (bias, OBS update, mask
+    tuning), least-squares reconstruction, or both."""
+    own = {"fluctuation": "bias", "obspa": "OBS", "condition": "mask"}.get(args.criterion)
+    parts = [own] if args.compensation == "own" and own else []
+    parts += ["reconstruct"] if args.reconstruct else []
+    return "+".join(parts) or "none"
+
+
 def store(results: Path, run: dict[str, Any], windows: int, length: int) -> dict[str, Any]:
     """Add this run to the stored results: its row replaces the row of the same configuration,
     rows measured on other windows are dropped, and its context (export, groups, dense model)
@@ -342,9 +366,13 @@ def store(results: Path, run: dict[str, Any], windows: int, length: int) -> dict
     old = json.loads(results.read_text()) if results.is_file() else {}
     same_text = old.get("windows") == windows and old.get("length") == length
     rows = old.get("rows", []) if same_text else []
-    key = ("ratio", "criterion", "allocation")
-    rows = [r for r in rows if any(r[k] != run["row"][k] for k in key)] + [run["row"]]
-    rows.sort(key=lambda r: (r["ratio"], r["criterion"], r["allocation"]))
+    key = ("ratio", "criterion", "allocation", "compensation")
+    rows = [r for r in rows if any(r.get(k, "none") != run["row"].get(k, "none") for k in key)] + [
+        run["row"]
+    ]
+    rows.sort(
+        key=lambda r: (r["ratio"], r["criterion"], r["allocation"], r.get("compensation", "none"))
+    )
     context = {k: v for k, v in run.items() if k != "row"} | {"last": run["row"]}
     stored = {"windows": windows, "length": length, "rows": rows, "context": context}
     results.write_text(json.dumps(stored) + "\n")
@@ -402,7 +430,9 @@ def render(stored: dict[str, Any]) -> str:
         "time and as process CPU time (the machine is shared: the CPU time is the figure to "
         "compare; speedups are against the dense model of the same run). Parameters and MACs "
         f"(1x{length}) count every "
-        "float initializer and matmul, LM head included. No calibration data, no compensation.",
+        "float initializer and matmul, LM head included. Rows without a compensation use no "
+        "calibration data; the others calibrate on windows of the calibration split (other "
+        "articles than the held-out ones).",
         "",
         "| model | KV groups / layer | MLP width | params | MACs | file MiB | perplexity "
         "| ms / window: wall, CPU | oracle | prune s / peak RSS MiB |",
@@ -422,6 +452,8 @@ def _row(row: dict[str, Any], before: dict) -> str:
     label = f"{row['criterion']} {row['ratio']:.0%}" + (
         f" ({row['allocation']})" if row["allocation"] != "uniform" else ""
     )
+    if row.get("compensation", "none") != "none":
+        label += f" + {row['compensation']} ({row['calib_windows']} calibration windows)"
 
     def span(kind: str) -> str:
         low, high = kept.get(kind, (0, 0))
@@ -498,6 +530,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", type=int, default=256, help="tokens per window")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     parser.add_argument("--atol", type=float, default=None, help="the oracle's atol")
+    parser.add_argument(
+        "--calib-windows",
+        type=int,
+        default=0,
+        help="calibration windows from the calibration split (needed by data-driven criteria "
+        "and compensation); 0: none",
+    )
+    parser.add_argument(
+        "--calib-length", type=int, default=128, help="tokens per calibration window"
+    )
+    parser.add_argument("--compensation", choices=("none", "own"), default="none")
+    parser.add_argument("--reconstruct", action="store_true", help="least-squares reconstruction")
     parser.add_argument(
         "--fp64-oracle",
         action="store_true",
