@@ -97,6 +97,7 @@ def onnxsim_rows(source: Path, folder: Path) -> list[dict]:
     import onnx
     import onnxsim
 
+    from benchmarks.minilm import _params
     from graphprune.verify import random_inputs, run
 
     dense = onnx.load(source)
@@ -116,14 +117,6 @@ def onnxsim_rows(source: Path, folder: Path) -> list[dict]:
             row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:90]}"
         rows.append(row)
     return rows
-
-
-def _params(model) -> int:
-    import numpy as np
-
-    return sum(
-        int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type in (1, 10, 11, 16)
-    )
 
 
 def main() -> int:

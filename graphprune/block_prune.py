@@ -18,14 +18,7 @@ from graphprune.blocks import block_importance, find_blocks
 from graphprune.data import CalibrationSource, batches
 from graphprune.errors import BadInput
 from graphprune.pipeline import _check_paths
-from graphprune.verify import (
-    Check,
-    check_feeds,
-    compare,
-    cuda_available,
-    random_inputs,
-    run,
-)
+from graphprune.verify import check_feeds, equivalence_checks, random_inputs
 
 
 def prune_blocks(
@@ -56,15 +49,9 @@ def prune_blocks(
     check_feeds(model, inputs, source)
     reference = zeroed_branches(model, ids)
     pruned = remove_blocks(model, ids, in_place=True)  # `model` is ours: no second copy
-    checks = []
-    for provider in providers:
-        check = Check("branches x 0 vs blocks removed", provider)
-        if provider == "cuda" and not cuda_available():
-            check.skipped = "CUDAExecutionProvider not available (install graphprune[gpu])"
-        else:
-            expected = run(reference, inputs, provider)
-            check.outputs = compare(expected, run(pruned, inputs, provider))
-        checks.append(check)
+    checks = equivalence_checks(
+        "branches x 0 vs blocks removed", reference, pruned, inputs, providers
+    )
     passed = all(c.passed for c in checks)
     if passed:
         loading.save(pruned, destination, check=True)

@@ -44,8 +44,7 @@ from graphprune.verify import (
     RTOL,
     Check,
     check_feeds,
-    compare,
-    cuda_available,
+    equivalence_checks,
     random_inputs,
     run,
 )
@@ -196,16 +195,9 @@ def expert_oracle(
 ) -> list[Check]:
     """The pruned model against the original with the removed experts' logits at -inf."""
     reference_model = masked_model(model, layers, removals)
-    checks = []
-    for provider in providers:
-        check = Check("expert -inf oracle", provider)
-        if provider == "cuda" and not cuda_available():
-            check.skipped = "CUDAExecutionProvider not available (install graphprune[gpu])"
-        else:
-            reference = run(reference_model, inputs, provider)
-            check.outputs = compare(reference, run(pruned, inputs, provider), rtol, atol)
-        checks.append(check)
-    return checks
+    return equivalence_checks(
+        "expert -inf oracle", reference_model, pruned, inputs, providers, rtol, atol
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,14 +507,8 @@ def _prune_expert_mlp(
         model = prune_expert_channels(analysis.work, jobs, constants)
         if verify:
             reference = zero_expert_channels(analysis.work, jobs, constants)
-            for provider in providers:
-                check = Check("stacked expert-MLP zero-then-prune oracle", provider)
-                if provider == "cuda" and not cuda_available():
-                    check.skipped = "CUDAExecutionProvider not available (install graphprune[gpu])"
-                else:
-                    expected = run(reference, inputs, provider)
-                    check.outputs = compare(expected, run(model, inputs, provider), rtol, atol)
-                checks.append(check)
+            what = "stacked expert-MLP zero-then-prune oracle"
+            checks += equivalence_checks(what, reference, model, inputs, providers, rtol, atol)
         pruned_groups += len(jobs)
     return model, checks, pruned_groups
 

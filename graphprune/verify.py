@@ -408,6 +408,42 @@ def oracle(
     return checks
 
 
+def equivalence_checks(
+    what: str,
+    reference_model: onnx.ModelProto,
+    rewritten: onnx.ModelProto,
+    inputs: Mapping[str, np.ndarray],
+    providers: tuple[str, ...] = ("cpu", "cuda"),
+    rtol: float = RTOL,
+    atol: float = ATOL,
+) -> list[Check]:
+    """`rewritten` against `reference_model` on each provider, for the oracles other than
+    zero-then-prune (experts against -inf router logits, removed blocks against branch x 0):
+    the same tolerances, and the same float32-noise and float64 judgements when they fail."""
+    checks = []
+    for provider in providers:
+        check = Check(what, provider)
+        if provider == "cuda" and not cuda_available():
+            check.skipped = "CUDAExecutionProvider not available (install graphprune[gpu])"
+            checks.append(check)
+            continue
+        reference = run(reference_model, inputs, provider)
+        try:
+            actual = run(rewritten, inputs, provider)
+        except Exception as err:  # the rewritten model does not run: a failed check
+            sizes = {name: list(value.shape) for name, value in inputs.items()}
+            check.shapes.append(ShapeCheck("*", sizes, [], [], _first_line(err)))
+            checks.append(check)
+            continue
+        check.outputs = compare(reference, actual, rtol, atol)
+        if not check.passed:
+            _judge_against_noise(check, reference_model, reference, inputs, provider)
+        if not check.passed:
+            _judge_in_float64(check, reference_model, rewritten, inputs)
+        checks.append(check)
+    return checks
+
+
 def structure_check(
     reference_model: onnx.ModelProto,
     pruned: onnx.ModelProto,
