@@ -148,6 +148,17 @@ class CalibrationStats:
         }
 
 
+def losing_consumers(
+    stats: CalibrationStats, group: Group, removed: np.ndarray
+) -> Iterator[tuple[Consumer, np.ndarray]]:
+    """Each consumer of `group` that reads a removed unit, with the input columns (rows of its
+    matrix) it loses: what every compensation pass iterates over."""
+    for consumer in stats.consumers(group.id):
+        columns = np.flatnonzero(np.isin(column_units(consumer, group), removed))
+        if len(columns):
+            yield consumer, columns
+
+
 def column_units(consumer: Consumer, group: Group) -> np.ndarray:
     """Unit of `group` that owns each input column of `consumer` (each row of its matrix)."""
     per_channel = group.labels[Space(consumer.weight, consumer.in_axis)]

@@ -384,26 +384,11 @@ def oracle(
     reference_model = masked_model(model, dep, removals, in_place)
     checks = []
     for provider in progress(providers, "verifying"):
-        check = Check("zero-then-prune oracle", provider, exact=exact)
-        check.note = "" if exact else NOT_EXACT
-        if provider == "cuda" and not cuda_available():
-            check.skipped = "CUDAExecutionProvider not available (install graphprune[gpu])"
-        else:
-            reference = run(reference_model, inputs, provider)
-            try:
-                actual = run(pruned, inputs, provider)
-            except Exception as err:  # the pruned model does not run: a failed check, not a crash
-                sizes = {name: list(value.shape) for name, value in inputs.items()}
-                check.shapes.append(ShapeCheck("*", sizes, [], [], _first_line(err)))
-                checks.append(check)
-                continue
-            check.outputs = compare(reference, actual, rtol, atol)
-            if not check.passed:
-                _judge_against_noise(check, reference_model, reference, inputs, provider)
-            if not check.passed:
-                _judge_in_float64(check, reference_model, pruned, inputs)
+        check = _compared(
+            "zero-then-prune oracle", reference_model, pruned, inputs, provider, rtol, atol, exact
+        )
         checks.append(check)
-        if not exact and not check.skipped:
+        if not exact and not check.skipped and not check.shapes:
             checks.append(structure_check(reference_model, pruned, inputs, provider))
     return checks
 
@@ -420,28 +405,43 @@ def equivalence_checks(
     """`rewritten` against `reference_model` on each provider, for the oracles other than
     zero-then-prune (experts against -inf router logits, removed blocks against branch x 0):
     the same tolerances, and the same float32-noise and float64 judgements when they fail."""
-    checks = []
-    for provider in providers:
-        check = Check(what, provider)
-        if provider == "cuda" and not cuda_available():
-            check.skipped = "CUDAExecutionProvider not available (install graphprune[gpu])"
-            checks.append(check)
-            continue
-        reference = run(reference_model, inputs, provider)
-        try:
-            actual = run(rewritten, inputs, provider)
-        except Exception as err:  # the rewritten model does not run: a failed check
-            sizes = {name: list(value.shape) for name, value in inputs.items()}
-            check.shapes.append(ShapeCheck("*", sizes, [], [], _first_line(err)))
-            checks.append(check)
-            continue
-        check.outputs = compare(reference, actual, rtol, atol)
-        if not check.passed:
-            _judge_against_noise(check, reference_model, reference, inputs, provider)
-        if not check.passed:
-            _judge_in_float64(check, reference_model, rewritten, inputs)
-        checks.append(check)
-    return checks
+    return [
+        _compared(what, reference_model, rewritten, inputs, provider, rtol, atol)
+        for provider in providers
+    ]
+
+
+def _compared(
+    what: str,
+    reference_model: onnx.ModelProto,
+    rewritten: onnx.ModelProto,
+    inputs: Mapping[str, np.ndarray],
+    provider: str,
+    rtol: float,
+    atol: float,
+    exact: bool = True,
+) -> Check:
+    """One provider's comparison: a model that does not run fails the check; failed outputs
+    are judged against the reference's measured fp32 noise, then in float64 (an inexact check
+    counts as passed and is not judged)."""
+    check = Check(what, provider, exact=exact)
+    check.note = "" if exact else NOT_EXACT
+    if provider == "cuda" and not cuda_available():
+        check.skipped = "CUDAExecutionProvider not available (install graphprune[gpu])"
+        return check
+    reference = run(reference_model, inputs, provider)
+    try:
+        actual = run(rewritten, inputs, provider)
+    except Exception as err:  # the rewritten model does not run: a failed check, not a crash
+        sizes = {name: list(value.shape) for name, value in inputs.items()}
+        check.shapes.append(ShapeCheck("*", sizes, [], [], _first_line(err)))
+        return check
+    check.outputs = compare(reference, actual, rtol, atol)
+    if not check.passed:
+        _judge_against_noise(check, reference_model, reference, inputs, provider)
+    if not check.passed:
+        _judge_in_float64(check, reference_model, rewritten, inputs)
+    return check
 
 
 def structure_check(

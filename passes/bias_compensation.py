@@ -36,7 +36,7 @@ from graphprune.passes.base import (
     register_compensation,
 )
 
-from graphprune.calibrate import CalibrationStats, Consumer, column_units
+from graphprune.calibrate import CalibrationStats, Consumer, losing_consumers
 from graphprune.depgraph import Group
 from graphprune.edit import ConstantStore
 from graphprune.graph import attribute
@@ -50,10 +50,7 @@ class BiasCompensation(CompensationPass):
     def compensate(self, group: Group, removed: np.ndarray, context: ScoreContext) -> Update:
         stats: CalibrationStats = context.stats
         update = Update()
-        for consumer in stats.consumers(group.id):
-            columns = np.isin(column_units(consumer, group), removed)
-            if not columns.any():
-                continue
+        for consumer, columns in losing_consumers(stats, group, removed):
             weight = consumer.matrix(np.asarray(context.constants[consumer.weight]))[columns]
             delta = consumer.scale * (stats.of(consumer).mean[columns] @ weight.astype(np.float64))
             update.bias_deltas[consumer.node] = update.bias_deltas.get(consumer.node, 0) + delta

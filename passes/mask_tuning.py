@@ -29,7 +29,7 @@ import numpy as np
 from graphprune.passes.base import CompensationPass, ScoreContext, Update, register_compensation
 from graphprune.passes.obspa import damp_option, gram_of
 
-from graphprune.calibrate import CalibrationStats, column_units
+from graphprune.calibrate import CalibrationStats, losing_consumers
 from graphprune.depgraph import Group
 
 
@@ -74,10 +74,7 @@ class MaskTuning(CompensationPass):
     def compensate(self, group: Group, removed: np.ndarray, context: ScoreContext) -> Update:
         stats: CalibrationStats = context.stats
         update = Update()
-        for consumer in stats.consumers(group.id):
-            removed_columns = np.flatnonzero(np.isin(column_units(consumer, group), removed))
-            if len(removed_columns) == 0:
-                continue
+        for consumer, removed_columns in losing_consumers(stats, group, removed):
             original = np.asarray(context.constants[consumer.weight])
             weight = consumer.matrix(original).astype(np.float64)
             gram = gram_of(stats, consumer)
