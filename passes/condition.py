@@ -29,7 +29,7 @@ from graphprune.passes.base import ImportancePass, ScoreContext, register
 from graphprune.passes.magnitude import L2Importance
 from graphprune.passes.obspa import damp_option, damped, gram_of, inverse, weight_matrix
 
-from graphprune.calibrate import CalibrationStats, column_units
+from graphprune.calibrate import CalibrationStats, Consumer, column_units, unit_column_sums
 from graphprune.depgraph import Group
 
 
@@ -51,13 +51,13 @@ class ConditionImportance(ImportancePass):
         consumers = stats.consumers(group.id) if stats is not None else []
         if not consumers:  # no data about this group: magnitude, as OBSPA does
             return L2Importance().score(group, context)
-        total = np.zeros(group.n_units)
-        for consumer in consumers:
-            hessian = damped(gram_of(stats, consumer), damp_option(context))
-            per_column = condition_scores(weight_matrix(consumer, context.constants), hessian)
-            units = column_units(consumer, group)
-            total += np.bincount(units, weights=per_column, minlength=group.n_units)
-        return total
+        damp = damp_option(context)
+
+        def per_column(consumer: Consumer, _inputs) -> np.ndarray:
+            hessian = damped(gram_of(stats, consumer), damp)
+            return condition_scores(weight_matrix(consumer, context.constants), hessian)
+
+        return unit_column_sums(group, stats, per_column)
 
 
 def kappa(gram: np.ndarray) -> float:
