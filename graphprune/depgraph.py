@@ -35,7 +35,7 @@ class Group:
     """Spaces that lose the same units together, and everything that must follow them."""
 
     id: str
-    anchor: Space  # a space in which every unit has at least one index
+    anchor: Space  # the space holding the most units (every unit, unless none holds them all)
     sizes: dict[Space, int]
     labels: dict[Space, np.ndarray]  # unit id of every index of every space
     n_units: int
@@ -63,15 +63,39 @@ class Group:
         """Indices of `space` that belong to `units`."""
         return np.flatnonzero(np.isin(self.labels[space], units))
 
+    @property
+    def anchor_unit_count(self) -> int:
+        """Units with an index in the anchor; they are numbered first (0 .. count - 1)."""
+        return int(self.labels[self.anchor].max()) + 1
+
+    @property
+    def plan_index_count(self) -> int:
+        """How many indices a plan may name: the anchor's, then one per unit it lacks."""
+        return len(self.labels[self.anchor]) + self.n_units - self.anchor_unit_count
+
     def anchor_units(self, anchor_indices) -> np.ndarray:
-        """Units that own the given anchor indices (how a saved plan names its removals)."""
-        return np.unique(self.labels[self.anchor][np.asarray(anchor_indices, dtype=np.int64)])
+        """Units that own the given plan indices (how a saved plan names its removals): an
+        anchor index names its unit; index len(anchor) + k names the k-th unit the anchor lacks
+        (a neck whose Concats share inputs has no space holding every unit)."""
+        indices = np.asarray(anchor_indices, dtype=np.int64)
+        anchor_labels = self.labels[self.anchor]
+        inside = indices < len(anchor_labels)
+        units = np.empty(len(indices), dtype=np.int64)
+        units[inside] = anchor_labels[indices[inside]]
+        units[~inside] = self.anchor_unit_count + indices[~inside] - len(anchor_labels)
+        return np.unique(units)
 
     def first_anchor_index(self, units: np.ndarray) -> np.ndarray:
-        """For each unit, its first index in the anchor space."""
+        """For each unit, its plan index: its first index in the anchor space, or, for a unit
+        the anchor lacks, len(anchor) + its rank among those (the inverse of `anchor_units`)."""
         # units are numbered by first appearance along the anchor, so `first` is indexed by unit
         _, first = np.unique(self.labels[self.anchor], return_index=True)
-        return first[np.asarray(units, dtype=np.int64)]
+        units = np.asarray(units, dtype=np.int64)
+        inside = units < self.anchor_unit_count
+        indices = np.empty(len(units), dtype=np.int64)
+        indices[inside] = first[units[inside]]
+        indices[~inside] = len(self.labels[self.anchor]) + units[~inside] - self.anchor_unit_count
+        return indices
 
 
 @dataclass
@@ -169,7 +193,7 @@ class DepGraph:
             anchor=anchor,
             sizes=sizes,
             labels=labels,
-            n_units=int(labels[anchor].max()) + 1,
+            n_units=_unit_count(labels),
             roles={s: self.roles[s] for s in spaces if s in self.roles},
             fixes=fixes,
             blocked=self._blocked(spaces),
@@ -275,15 +299,16 @@ def _connected(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _anchor(
     spaces: list[Space], labels: dict[Space, np.ndarray], roles, volume: dict[Space, int]
 ) -> Space:
-    """A space that holds every unit, preferring the largest produced constant with one index
-    per unit (a conv's output rows), so that plans name removals as its channel indices."""
-    n_units = int(max(int(lab.max()) for lab in labels.values())) + 1
+    """The space that holds the most units (every unit, when one does), preferring the largest
+    produced constant with one index per unit (a conv's output rows), so that plans name
+    removals as its channel indices. When Concats share inputs (a detector's neck), no space
+    holds every unit: the units of a group are the union over all its spaces."""
 
     def rank(space: Space):
         covered = len(np.unique(labels[space]))
         one_to_one = covered == len(labels[space])
         return (
-            covered != n_units,
+            -covered,
             not one_to_one,
             roles.get(space) != Role.OUT,
             space not in roles,
@@ -294,11 +319,16 @@ def _anchor(
     return min(spaces, key=rank)
 
 
+def _unit_count(labels: dict[Space, np.ndarray]) -> int:
+    """Units of a group: the union over every space, not the units of any one space."""
+    return max(int(lab.max()) for lab in labels.values()) + 1
+
+
 def _number_units_by_anchor(labels: dict[Space, np.ndarray], anchor: Space):
     """Renumber units in the order they first appear along the anchor axis."""
     _, first = np.unique(labels[anchor], return_index=True)
     order = list(labels[anchor][np.sort(first)])
-    n_units = max(int(lab.max()) for lab in labels.values()) + 1
+    n_units = _unit_count(labels)
     order += sorted(set(range(n_units)) - set(order))  # units the anchor misses go last
     mapping = np.empty(n_units, dtype=np.int64)
     mapping[order] = np.arange(n_units)

@@ -2,7 +2,9 @@
 
 A group is named by its anchor space (`tensor:axis`), a space that holds every unit; removals
 are written as the anchor's indices (for a conv group, the conv's output channel numbers), so a
-plan reads naturally and replays on the same graph without rescoring.
+plan reads naturally and replays on the same graph without rescoring. When no space holds every
+unit (Concats sharing inputs in a detector's neck), the units the anchor lacks are numbered after
+its indices, in a fixed order (`Group.anchor_units`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ FORMAT = "graphprune.plan/1"
 class GroupRemoval:
     group: str
     units: int
-    removed: list[int]  # anchor indices, one per removed unit
+    removed: list[int]  # anchor indices, one per removed unit (see Group.anchor_units)
 
 
 @dataclass
@@ -75,8 +76,7 @@ class Plan:
                     f"plan expects {entry.units} units in group '{entry.group}', "
                     f"the model has {group.n_units}"
                 )
-            anchor_size = len(group.labels[group.anchor])
-            if any(not 0 <= i < anchor_size for i in entry.removed):
+            if any(not 0 <= i < group.plan_index_count for i in entry.removed):
                 raise BadInput(f"plan removes an index outside group '{entry.group}'")
             units = group.anchor_units(entry.removed)
             emptied = [s for s, lab in group.labels.items() if np.isin(lab, units).all()]
@@ -86,13 +86,10 @@ class Plan:
         return result
 
     def save(self, path: str | os.PathLike) -> None:
-        text = json.dumps(asdict(self), indent=1)
-        path = Path(path)
-        with tempfile.NamedTemporaryFile(
-            "w", dir=path.parent or ".", delete=False, suffix=".tmp"
-        ) as tmp:
-            tmp.write(text + "\n")
-        os.replace(tmp.name, path)
+        """Write the plan as JSON, atomically (graphprune.outputs.write_text)."""
+        from graphprune.outputs import write_text
+
+        write_text(path, json.dumps(asdict(self), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:

@@ -7,10 +7,11 @@ import onnx
 from graphprune.passes.slice_channels import slice_channels
 from onnx import TensorProto, helper, numpy_helper
 
-from graphprune.allocate import spare_every_space
+from graphprune.allocate import allocate, spare_every_space
 from graphprune.depgraph import DepGraph, Group
 from graphprune.ops import Space
-from graphprune.pipeline import analyze_model
+from graphprune.pipeline import analyze_model, score
+from graphprune.plan import Plan
 from graphprune.verify import oracle, random_inputs
 
 RNG = np.random.default_rng(0)
@@ -107,3 +108,29 @@ def initializer(made: onnx.ModelProto, name: str) -> np.ndarray:
         if tensor.name == name:
             return numpy_helper.to_array(tensor)
     raise KeyError(name)
+
+
+def prune_at_ratio(made: onnx.ModelProto, ratio: float, criterion: str = "l2"):
+    """What `graphprune prune --ratio` does, in memory: score every prunable group, allocate
+    `ratio` of its units, replay the removals through a saved Plan's indices, slice, and check
+    with the full checker and the zero-then-prune oracle. Returns (pruned, dep, removals)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(made)
+    analysis = analyze_model(copy)
+    dep = analysis.dep
+    scores = score(analysis, criterion)
+    allocated = allocate(dep.groups, scores, ratio)
+    plan = Plan.from_removals(dep, allocated, analysis.fingerprint, criterion, ratio, "uniform")
+    removals = plan.removals(dep)
+    assert removals.keys() == allocated.keys()
+    for group_id, units in removals.items():
+        np.testing.assert_array_equal(units, allocated[group_id])
+        group = dep.group(group_id)
+        for space, labels in group.labels.items():  # every space keeps a unit
+            assert not np.isin(labels, units).all(), f"{space} emptied"
+    pruned = slice_channels(analysis.work, dep, removals)
+    onnx.checker.check_model(pruned, full_check=True)
+    inputs = random_inputs(analysis.work, 0)
+    checks = oracle(analysis.work, pruned, dep, removals, inputs, ("cpu",))
+    assert checks and all(c.passed for c in checks), [c.line() for c in checks]
+    return pruned, dep, removals

@@ -19,6 +19,7 @@ from tests.graphs import (
     model,
     node,
     positive,
+    prune_at_ratio,
     prune_every_group,
     weight,
 )
@@ -419,6 +420,45 @@ def test_concat_maps_each_input_to_its_offset():
     np.testing.assert_array_equal(group.labels[Space("cat", 1)][:4], group.labels[Space("a", 1)])
     np.testing.assert_array_equal(group.labels[Space("cat", 1)][4:], group.labels[Space("b", 1)])
     prune_every_group(made)
+
+
+def split_paths_model():
+    """Conv -> Split [3, 3] -> (Relu | Conv) -> Concat -> Conv: the concat holds c1's first
+    three channels and c2's three, c1 holds its own six; no space holds all nine units."""
+    nodes, consts = chain(
+        conv_block("x", "c1", 3, 6),
+        ([node("Split", ["c1", "sizes"], ["a", "b"], axis=1)], {"sizes": ints(3, 3)}),
+        ([node("Relu", ["a"], ["ar"])], {}),
+        conv_block("b", "c2", 3, 3),
+        ([node("Concat", ["ar", "c2"], ["cat"], axis=1)], {}),
+        conv_block("cat", "c3", 6, 4),
+    )
+    return model(nodes, X, ["c3"], consts)
+
+
+def test_units_of_a_group_are_the_union_over_every_space():
+    _, dep = analyze(split_paths_model())
+    group = group_with(dep, "c1.w", 0)
+    assert group is group_with(dep, "c2.w", 0)
+    assert group.n_units == 9
+    assert all(len(np.unique(labels)) < 9 for labels in group.labels.values())
+    np.testing.assert_array_equal(
+        group.labels[Space("cat", 1)],
+        np.concatenate([group.labels[Space("c1", 1)][:3], group.labels[Space("c2", 1)]]),
+    )
+    # a plan names the units its anchor lacks after the anchor's indices, and replays them
+    units = np.arange(9)
+    indices = group.first_anchor_index(units)
+    assert len(set(indices.tolist())) == 9 and indices.max() < group.plan_index_count
+    np.testing.assert_array_equal(group.anchor_units(indices), units)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.7])
+def test_split_pieces_on_different_paths_prune_exactly(ratio):
+    _, _, removals = prune_at_ratio(split_paths_model(), ratio)
+    removed = sum(len(units) for units in removals.values())
+    # floor(ratio * 9), less a unit spared where the lowest-scoring ones would empty a piece
+    assert int(ratio * 9) - 2 <= removed <= int(ratio * 9) and (removed > 0) == (ratio > 0)
 
 
 @pytest.mark.parametrize("opset", [11, 13, 18])
