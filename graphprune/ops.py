@@ -209,12 +209,20 @@ class RuleContext:
         return None if value is None else [int(v) for v in value]
 
     # -- saying ----------------------------------------------------------------------------
-    def link(self, a: Space, b: Space, pairs: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    def link(
+        self,
+        a: Space,
+        b: Space,
+        pairs: tuple[np.ndarray, np.ndarray] | None = None,
+        piece: bool = False,
+    ) -> None:
         """Index pairs[0][k] of `a` is the same channel as index pairs[1][k] of `b`.
         Without pairs: the identity (sizes must match). Spaces of unknown or unit size are not
-        channels and are skipped."""
+        channels and are skipped, except a `piece` of a Concat or Split: its one index is a
+        channel of the joined axis (which then keeps it: no space is ever emptied)."""
         size_a, size_b = self.size(a.tensor, a.axis), self.size(b.tensor, b.axis)
-        if size_a is None or size_b is None or size_a < 2 or size_b < 2:
+        smallest = 1 if piece else 2
+        if size_a is None or size_b is None or min(size_a, size_b) < smallest:
             return
         if pairs is None:
             if size_a != size_b:
@@ -570,7 +578,7 @@ def concat(ctx: RuleContext) -> None:
     offset = 0
     for name, width in zip(ctx.node.input, widths, strict=True):
         indices = np.arange(width)
-        ctx.link(Space(name, axis), Space(y, axis), (indices, indices + offset))
+        ctx.link(Space(name, axis), Space(y, axis), (indices, indices + offset), piece=True)
         ctx.role(Space(name, axis), Role.OUT)
         offset += width
 
@@ -608,7 +616,7 @@ def split(ctx: RuleContext) -> None:
     offset = 0
     for out, width in zip(outputs, widths, strict=True):
         indices = np.arange(width)
-        ctx.link(Space(x, axis), Space(out, axis), (indices + offset, indices))
+        ctx.link(Space(x, axis), Space(out, axis), (indices + offset, indices), piece=True)
         for a in range(rank):
             if a != axis:
                 ctx.link(Space(x, a), Space(out, a))

@@ -461,6 +461,43 @@ def test_split_pieces_on_different_paths_prune_exactly(ratio):
     assert int(ratio * 9) - 2 <= removed <= int(ratio * 9) and (removed > 0) == (ratio > 0)
 
 
+@pytest.mark.parametrize("ratio", [0.3, 0.7])
+def test_a_one_channel_concat_input_keeps_its_channel_and_the_gemm_width_follows(ratio):
+    nodes, consts = chain(
+        conv_block("x", "a", 3, 4),
+        conv_block("x", "b", 3, 1),
+        ([node("Concat", ["a", "b"], ["cat"], axis=1), node("Flatten", ["cat"], ["flat"])], {}),
+    )
+    consts |= {"fc.w": weight(5 * 64, 3), "fc.b": weight(3)}
+    nodes.append(node("Gemm", ["flat", "fc.w", "fc.b"], ["fc"]))
+    made = model(nodes, X, ["fc"], consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "a.w", 0)
+    assert group.sizes[Space("b", 1)] == 1 and group.prunable
+    pruned, _, removals = prune_at_ratio(made, ratio)
+    units = removals.get(group.id, [])
+    assert group.labels[Space("b", 1)][0] not in units  # the 1-wide input is never emptied
+    assert initializer(pruned, "fc.w").shape == ((5 - len(units)) * 64, 3)
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.7])
+def test_split_and_concat_pieces_of_width_one(ratio):
+    nodes, consts = chain(
+        conv_block("x", "c1", 3, 6),
+        ([node("Split", ["c1", "sizes"], ["a", "b"], axis=1)], {"sizes": ints(1, 5)}),
+        conv_block("a", "ca", 1, 2),
+        conv_block("b", "cb", 5, 2),
+        ([node("Concat", ["ca", "cb", "a"], ["cat"], axis=1)], {}),
+        conv_block("cat", "c3", 5, 4),
+    )
+    made = model(nodes, X, ["c3"], consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "c1.w", 0)
+    assert {("a", 1), ("cb.w", 1)} <= members(group) and group.prunable
+    pruned, _, _ = prune_at_ratio(made, ratio)
+    assert initializer(pruned, "ca.w").shape[1] == 1
+
+
 @pytest.mark.parametrize("opset", [11, 13, 18])
 def test_split_on_channels_rewrites_split_sizes(opset):
     nodes, consts = chain(
