@@ -9,8 +9,8 @@ channel, a shuffle pair, a whole GroupNorm group, a local index of a grouped con
 A group is prunable only if it is *closed*: every node that produces or consumes one of its
 spaces linked that space (so it knows how to shrink it), no space is a graph input or output,
 and no rule blocked one of its spaces. An op without a rule links nothing, so it blocks every
-group it touches, with the reason.A space of width 1 (a 1-wide Concat or Split piece) never loses its index
-(no space is ever emptied), so what touches it need not follow it.
+group it touches, with the reason. A space of width 1 (a 1-wide Concat or Split piece) never
+loses its index (no space is ever emptied), so what touches it need not follow it.
 
 A rule may also mark a space *inexact*: removing one of its indices changes what the node
 computes from the others (LayerNorm/RMSNorm statistics over the residual stream). Such a group
