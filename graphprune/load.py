@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
+from graphprune import validate
 from graphprune.edit import copy_structure, set_dim
 from graphprune.errors import BadInput
 
@@ -41,7 +42,8 @@ def load_sized(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
     if not model.HasField("graph") or not model.graph.node:
         raise BadInput(f"{path} is not a valid ONNX model (no graph or no nodes)")
     _check_opset(model, path)
-    data_files = _load_external_data(model, path.parent.resolve())
+    validate.check_model(model, path)
+    data_files = _load_external_data(model, path)
     return model, path.stat().st_size + sum(f.stat().st_size for f in data_files)
 
 
@@ -68,28 +70,16 @@ def _external_tensors(model: onnx.ModelProto):
             yield tensor
 
 
-def _load_external_data(model: onnx.ModelProto, base: Path) -> set[Path]:
-    """Check every external location (inside `base`, present, long enough), load the data, and
-    return the data files."""
+def _load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
+    """Load the external data of `model`, read from `path` (its entries were checked by
+    `validate.check_model`: inside the model's folder, present, long enough), scan the loaded
+    weights for non-finite values, and return the data files."""
+    base = path.parent.resolve()
     tensors = list(_external_tensors(model))
-    files = set()
-    for tensor in tensors:
-        info = {e.key: e.value for e in tensor.external_data}
-        location = info.get("location", "")
-        target = (base / location).resolve()
-        if os.path.isabs(location) or not target.is_relative_to(base):
-            raise BadInput(
-                f"external data of tensor '{tensor.name}' points outside the model's folder: "
-                f"{location!r}"
-            )
-        if not target.is_file():
-            raise BadInput(f"external data file missing for tensor '{tensor.name}': {target}")
-        end = int(info.get("offset", 0)) + int(info.get("length", 0))
-        if end > target.stat().st_size:
-            raise BadInput(f"external data file {target} is truncated (tensor '{tensor.name}')")
-        files.add(target)
+    files = {(base / validate.external_entries(t)["location"]).resolve() for t in tensors}
     if tensors:
         onnx.external_data_helper.load_external_data_for_model(model, str(base))
+        validate.check_finite(model, path, {t.name for t in tensors})
     return files
 
 
