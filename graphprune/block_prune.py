@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from graphprune import load as loading
+from graphprune import outputs
 from graphprune.blocks import block_importance, find_blocks
 from graphprune.data import CalibrationSource, batches
 from graphprune.errors import BadInput
@@ -35,7 +36,7 @@ def prune_blocks(
     data-free synthetic inputs (said in the result)."""
     from graphprune.passes.remove_blocks import remove_blocks, zeroed_branches
 
-    _check_paths(source, destination)
+    _check_paths(source, destination, {"--calib": calib})
     model = loading.load(source)
     blocks = find_blocks(model)
     if count < 1 or count > len(blocks):
@@ -54,7 +55,7 @@ def prune_blocks(
     )
     passed = all(c.passed for c in checks)
     if passed:
-        loading.save(pruned, destination, check=True)
+        outputs.write_model(pruned, destination, check=True)
     return {
         "removed": [
             {"id": b.id, "kind": b.kind, "score": float(scores[i]), "parameters": b.parameters}

@@ -1,7 +1,12 @@
 """graphprune command line.
 
-Exit codes: 0 success, 1 verification failed, 2 bad usage or bad input, 3 internal error.
-Errors are one line on stderr; set GRAPHPRUNE_DEBUG=1 for a traceback.
+Exit codes: 0 success, 1 verification failed, 2 bad usage or bad input, 3 internal error,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Errors are one line on stderr (with
+`--json`, also `{"error": ..., "exit": N}` on stdout); set GRAPHPRUNE_DEBUG=1 for a traceback.
+A reader that goes away (`graphprune inspect m.onnx | head -n 1`) ends output quietly.
+
+Only the standard library is imported at start-up: the handlers for Ctrl-C and SIGTERM are in
+place before numpy, onnx and onnxruntime load, so an interrupt at any point is one line.
 """
 
 from __future__ import annotations
@@ -9,52 +14,163 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import os
+import signal
 import sys
 from collections import Counter
 from dataclasses import asdict
 from os.path import commonprefix
 
-from graphprune import progress
-from graphprune.allocate import DEFAULT_SCOPES, SCOPES
+from graphprune import outputs
 from graphprune.errors import BadInput, GraphpruneError
 
 EXIT_OK, EXIT_VERIFY, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + the signal's number, as shells report it
 NOT_EXACT_UNDER_ORACLE = "hidden scope: not exact under the oracle, normalization statistics change"
+# bounds of command-line numbers (graphprune.values holds the model-dependent ones)
+MAX_DIM, MAX_SEED = 2**24, 2**32
+EXPERT_SCOPES = ("experts", "expert-mlp")
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind (temporary files are removed on the way) and exit 143."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated
+
+
+def _on_sigint(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    progress.enable(not (args.quiet or args.json))
+    # first thing: an interrupt during the imports below is one line too
+    handlers = _install_signal_handlers()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    wants_json = "--json" in argv
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
     try:
+        code = _main(argv, wants_json)
+        sys.stdout.flush()
+        return code
+    finally:
+        outputs.remove_scratch()
+        sys.stdout, sys.stderr = streams
+        for number, handler in handlers.items():  # a caller's own handlers (pytest's) return
+            signal.signal(number, handler)
+
+
+def _install_signal_handlers() -> dict:
+    """Ctrl-C raises KeyboardInterrupt (unless the shell started us ignoring it: nohup, `&`),
+    SIGTERM raises Terminated; both unwind through the cleanups. Returns the handlers they
+    replace."""
+    previous = {}
+    try:
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, _on_sigint)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: signals stay with whoever owns them
+        pass
+    return previous
+
+
+def _main(argv: list[str], wants_json: bool) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        _quiet_onnxruntime()
+        from graphprune import progress
+
+        progress.enable(not (args.quiet or args.json))
         return args.run(args)
+    except _UsageExit as stop:  # argparse's exit: callers still see SystemExit(2)
+        _fail(stop.message, EXIT_USAGE, wants_json, stop.line)
+        raise
     except GraphpruneError as err:
-        print(f"graphprune: error: {err}", file=sys.stderr)
-        return err.exit_code
+        return _fail(str(err), err.exit_code, wants_json)
     except KeyboardInterrupt:
-        print("graphprune: interrupted", file=sys.stderr)
-        return 130
+        return _fail("interrupted", EXIT_INTERRUPTED, wants_json, "graphprune: interrupted")
+    except Terminated:
+        return _fail("terminated", EXIT_TERMINATED, wants_json, "graphprune: terminated")
     except Exception as err:  # one line, never a traceback, unless asked for
         if os.environ.get("GRAPHPRUNE_DEBUG"):
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        print(
-            f"graphprune: internal error: {type(err).__name__}: {message} "
+        return _fail(
+            f"internal error: {type(err).__name__}: {message} "
             "(set GRAPHPRUNE_DEBUG=1 for a traceback)",
-            file=sys.stderr,
+            EXIT_INTERNAL,
+            wants_json,
         )
-        return EXIT_INTERNAL
+
+
+def _fail(message: str, code: int, wants_json: bool, line: str | None = None) -> int:
+    """The one error line on stderr and, with --json, the error document on stdout."""
+    print(line or f"graphprune: error: {message}", file=sys.stderr)
+    if wants_json:
+        print(json.dumps({"error": message, "exit": code}))
+    return code
+
+
+def _quiet_onnxruntime() -> None:
+    """onnxruntime's own log lines (coloured warnings) off, errors only, for every session."""
+    try:
+        import onnxruntime
+    except ImportError:  # commands that never run a model still work
+        return
+    onnxruntime.set_default_logger_severity(3)
+
+
+class _ReaderMayLeave:
+    """A text stream whose reader may close the pipe (`| head -n 1`): from then on output goes
+    to /dev/null (as Python's documentation recommends for SIGPIPE) and the command finishes
+    with its own exit code instead of a BrokenPipeError."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def _to_devnull(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+class _UsageExit(SystemExit):
+    """argparse's usage error, its message kept for the error line and --json."""
+
+    def __init__(self, message: str, line: str):
+        super().__init__(EXIT_USAGE)
+        self.message, self.line = message, line
 
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line, like every other error (argparse prints the whole usage)."""
 
     def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise _UsageExit(message, f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from graphprune.allocate import DEFAULT_SCOPES
+
     parser = _Parser(prog="graphprune", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_Parser)
 
@@ -98,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     prune.add_argument(
         "--remove-blocks",
-        type=int,
+        type=_count,
         default=0,
         metavar="N",
         help="COMP's coarse stage: remove the N residual sub-blocks (attention or MLP) whose "
@@ -115,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--inputs", help=".npz of inputs for the oracle (default: random)")
     _add_providers(prune, "execution providers for verification")
     _add_shapes(prune)
-    prune.add_argument("--seed", type=int, default=0)
+    prune.add_argument("--seed", type=_seed, default=0)
     _add_calibration(prune)
     _add_output_options(prune)
     prune.set_defaults(run=_run_prune)
@@ -131,9 +247,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_providers(verify, "execution providers to compare on")
     verify.add_argument("--inputs", help=".npz of inputs keyed by input name (default: random)")
     _add_shapes(verify)
-    verify.add_argument("--rtol", type=float, help="default 1e-4 (fp16 models: 1e-2)")
-    verify.add_argument("--atol", type=float, help="default 1e-5 (fp16 models: 1e-3)")
-    verify.add_argument("--seed", type=int, default=0)
+    verify.add_argument("--rtol", type=_tolerance, help="default 1e-4 (fp16 models: 1e-2)")
+    verify.add_argument("--atol", type=_tolerance, help="default 1e-5 (fp16 models: 1e-3)")
+    verify.add_argument("--seed", type=_seed, default=0)
     _add_output_options(verify)
     verify.set_defaults(run=_run_verify)
 
@@ -153,7 +269,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_shapes(bench)
     bench.add_argument("--warmup", type=_positive_int, default=10)
     bench.add_argument("--runs", type=_positive_int, default=50)
-    bench.add_argument("--threads", type=int, default=0, help="intra-op threads (0: default)")
+    bench.add_argument("--threads", type=_count, default=0, help="intra-op threads (0: default)")
     _add_output_options(bench)
     bench.set_defaults(run=_run_bench)
     return parser
@@ -205,7 +321,7 @@ def _add_calibration(parser) -> None:
     )
     data.add_argument(
         "--gram-budget",
-        type=float,
+        type=_gram_budget,
         default=2.0,
         metavar="GIB",
         help="Gram matrices held at once, in GiB; more means one pass per chunk (default 2)",
@@ -259,24 +375,65 @@ def _add_output_options(parser) -> None:
 # -- argument types ------------------------------------------------------------------------
 
 
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
 def _ratio(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError("ratio must be in [0, 1)")
+    value = _number(text)
+    if not 0.0 <= value < 1.0:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"ratio must be in [0, 1), e.g. 0.5; not {text}")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    value = _number(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, e.g. 1e-4; not {text}")
+    return value
+
+
+def _gram_budget(text: str) -> float:
+    value = _number(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of GiB, e.g. 2; not {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _integer(text)
+    if not 0 <= value < MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed must be an integer in 0..{MAX_SEED - 1}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
+    value = _integer(text)
+    if not 1 <= value <= MAX_DIM:
+        raise argparse.ArgumentTypeError(f"must be an integer in 1..{MAX_DIM}, not {text}")
     return value
 
 
-EXPERT_SCOPES = ("experts", "expert-mlp")
+def _count(text: str) -> int:
+    value = _integer(text)
+    if not 0 <= value <= MAX_DIM:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..{MAX_DIM}, not {text}")
+    return value
 
 
 def _scopes(text: str) -> tuple[str, ...]:
+    from graphprune.allocate import SCOPES
+
     names = tuple(s.strip().lower() for s in text.split(",") if s.strip())
     known = (*SCOPES, *EXPERT_SCOPES)
     unknown = [s for s in names if s not in known]
@@ -299,13 +456,21 @@ def _providers(text: str) -> tuple[str, ...]:
 
 
 def _shape(text: str) -> tuple[str, tuple[int, ...]]:
-    name, _, dims = text.rpartition(":")
-    try:
-        return name, tuple(int(d) for d in dims.lower().split("x"))
-    except ValueError:
+    name, colon, dims = text.rpartition(":")
+    if not colon or not name:
         raise argparse.ArgumentTypeError(
-            f"shape must look like name:1x3x224x224, not {text}"
-        ) from None
+            f"shape must be an input name, a colon and sizes, e.g. x:1x3x224x224; not {text!r}"
+        )
+    try:
+        sizes = tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        sizes = ()
+    if not sizes or any(not 1 <= d <= MAX_DIM for d in sizes):
+        raise argparse.ArgumentTypeError(
+            f"sizes in {text!r} must be integers in 1..{MAX_DIM} separated by x, "
+            "e.g. x:1x3x224x224"
+        )
+    return name, sizes
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -324,10 +489,11 @@ def _run_prune(args: argparse.Namespace) -> int:
         raise BadInput(
             f"unknown criterion '{args.criterion}' (known: {', '.join(sorted(IMPORTANCE))})"
         )
-    from graphprune.verify import load_inputs
+    from graphprune.values import read_npz
 
+    _check_prune_paths(args)
     plan = Plan.load(args.plan) if args.plan else None
-    inputs = load_inputs(args.inputs) if args.inputs else None
+    inputs = read_npz(args.inputs, "--inputs") if args.inputs else None
     result = prune(
         args.input,
         args.output,
@@ -347,7 +513,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         reconstruct=args.reconstruct,
         gram_budget=int(args.gram_budget * 2**30),
     )
-    if args.plan_out:
+    if args.plan_out and result.written:  # a failed prune writes nothing
         result.plan.save(args.plan_out)
     if args.report and result.written:
         from graphprune.diff import diff
@@ -365,11 +531,14 @@ def _run_prune_experts(args: argparse.Namespace) -> int:
     """`prune --scope experts[,expert-mlp]`: whole experts (the -inf router oracle) and each
     expert's own intermediate channels (zero-then-prune)."""
     from graphprune.moe_prune import prune_experts
-    from graphprune.verify import load_inputs
+    from graphprune.values import read_npz
 
+    _check_prune_paths(args)
     ratio = args.ratio if args.expert_ratio is None else args.expert_ratio
-    inputs = load_inputs(args.inputs) if args.inputs else None
-    calib = load_inputs(args.calib) if getattr(args, "calib", None) else None
+    inputs = read_npz(args.inputs, "--inputs") if args.inputs else None
+    calib = read_npz(args.calib, "--calib") if args.calib else None
+    _check_values(args.input, args.shape, inputs)
+    _check_values(args.input, [], calib, "--calib")  # one batch of router inputs
     result = prune_experts(
         args.input,
         args.output,
@@ -398,11 +567,14 @@ def _run_remove_blocks(args: argparse.Namespace) -> int:
     """`prune --remove-blocks N`: COMP's coarse stage on its own (see passes/remove_blocks)."""
     from graphprune.block_prune import prune_blocks
 
+    _check_prune_paths(args)
+    calib = _calibration_source(args)
+    _check_values(args.input, args.shape, calib=calib)
     result = prune_blocks(
         args.input,
         args.output,
         args.remove_blocks,
-        _calibration_source(args),
+        calib,
         providers=args.providers,
         input_shapes=dict(args.shape),
         seed=args.seed,
@@ -415,6 +587,40 @@ def _run_remove_blocks(args: argparse.Namespace) -> int:
         print(result["check"])
         print(f"wrote {args.output}" if result["written"] else f"not written ({args.output})")
     return EXIT_OK if result["passed"] else EXIT_VERIFY
+
+
+def _check_prune_paths(args: argparse.Namespace) -> None:
+    """Every output of `prune` against every file it reads and against each other, before
+    anything runs (graphprune.outputs)."""
+    outputs.check_paths(
+        {
+            outputs.MODEL_OUTPUT: args.output,
+            "--plan-out": getattr(args, "plan_out", None),
+            "--report": getattr(args, "report", None),
+        },
+        models={"the input model": args.input},
+        inputs={
+            "--plan": getattr(args, "plan", None),
+            "--inputs": getattr(args, "inputs", None),
+            "--calib": getattr(args, "calib", None),
+            "--calib-text": getattr(args, "calib_text", None),
+        },
+    )
+
+
+def _check_values(
+    model: str,
+    shapes: list[tuple[str, tuple[int, ...]]],
+    feeds: dict | None = None,
+    label: str = "--inputs",
+    calib=None,
+) -> None:
+    """`--shape`, `--inputs`/`--calib` arrays against `model`'s declared inputs, before any
+    session runs (graphprune.values; `prune` itself checks inside pipeline.prune)."""
+    from graphprune import values
+
+    if shapes or feeds is not None or calib is not None:
+        values.check_values(values.signature(model), dict(shapes), feeds, label, calib)
 
 
 def _prune_json(result) -> dict:
@@ -524,9 +730,12 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from graphprune.verify import load_inputs, verify
+    from graphprune.values import read_npz
+    from graphprune.verify import verify
 
-    inputs = load_inputs(args.inputs) if args.inputs else None
+    inputs = read_npz(args.inputs, "--inputs") if args.inputs else None
+    for model in (args.a, args.b):
+        _check_values(model, args.shape, inputs)
     report = verify(
         args.a, args.b, args.providers, inputs, dict(args.shape), args.rtol, args.atol, args.seed
     )
@@ -541,6 +750,8 @@ def _run_diff(args: argparse.Namespace) -> int:
     from graphprune.diff import diff
     from graphprune.html import write_html
 
+    outputs.check_paths({"--html": args.html}, models={"model A": args.a, "model B": args.b})
+    _check_values(args.a, args.shape)
     report = diff(args.a, args.b, dict(args.shape), bench=args.bench)
     if args.html:
         write_html(report, args.html)
@@ -551,6 +762,7 @@ def _run_diff(args: argparse.Namespace) -> int:
 def _run_bench(args: argparse.Namespace) -> int:
     from graphprune.bench import bench
 
+    _check_values(args.model, args.shape)
     results = [
         bench(
             args.model, provider, dict(args.shape), args.batch, args.warmup, args.runs, args.threads

@@ -59,9 +59,11 @@ def render_html(report: DiffReport) -> str:
 
 
 def write_html(report: DiffReport, path: str | Path) -> Path:
-    """Render `report` into `path` (UTF-8); returns the path."""
+    """Render `report` into `path` (UTF-8, atomically); returns the path."""
+    from graphprune.outputs import write_text
+
     path = Path(path)
-    path.write_text(render_html(report), encoding="utf-8")
+    write_text(path, render_html(report))
     return path
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from graphprune import load as loading
+from graphprune import outputs
 from graphprune.depgraph import DepGraph
 from graphprune.edit import ConstantStore
 from graphprune.errors import BadInput
@@ -311,7 +311,7 @@ def prune_experts(
         raise BadInput(f"unknown expert criterion '{criterion}' (known: {known})")
     if not 0 <= expert_ratio < 1 or not 0 <= expert_mlp_ratio < 1:
         raise BadInput("expert ratio and expert-MLP ratio must lie in [0, 1)")
-    _check_paths(source, destination)
+    _check_paths(source, destination, {"--calib": calib_inputs})
     seconds: dict[str, float] = {}
     clock = [time.perf_counter()]
 
@@ -375,7 +375,7 @@ def prune_experts(
     del analysis, work
     gc.collect()
     if result.passed:
-        result.after.bytes = loading.save(pruned, destination, check=True)
+        result.after.bytes = outputs.write_model(pruned, destination, check=True)
         result.written = True
     lap("write")
     return result

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from graphprune import load as loading
+from graphprune import outputs, values
 from graphprune.allocate import DEFAULT_SCOPES, allocate, in_scope, unit_params
 from graphprune.calibrate import GRAM_BUDGET, CalibrationStats, calibrate, exposed
 from graphprune.data import CalibrationSource, batches
@@ -150,7 +151,7 @@ def prune(
     (fluctuation: FLAP's bias, obspa: the OBS update, condition: mask tuning), `reconstruct`
     adds layer-wise least-squares reconstruction. With a replayed `plan`, the plan's criterion
     decides the own compensation."""
-    _check_paths(source, destination)
+    _check_paths(source, destination, {"--calib": calib})
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -166,6 +167,8 @@ def prune(
     needs_gram = any(p.needs_gram for p in passes) or getattr(scorer, "needs_gram", False)
 
     analysis = analyze(source)
+    # --shape, --inputs and --calib against the model's inputs, before any session runs
+    values.check_values(values.free_inputs(analysis.work), input_shapes, inputs, "--inputs", calib)
     dep = analysis.dep
     lap("load+analyze")
     if plan is not None:
@@ -235,7 +238,7 @@ def prune(
     del analysis, dep  # the working copy (every original weight) is done with: free it
     gc.collect()
     if result.passed:
-        result.after.bytes = loading.save(pruned, destination, check=True)
+        result.after.bytes = outputs.write_model(pruned, destination, check=True)
         result.written = True
     lap("write")
     result.peak_rss_bytes = peak_rss_bytes()
@@ -370,9 +373,23 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def _check_paths(source: str | Path, destination: str | Path) -> None:
-    source, destination = Path(source), Path(destination)
-    if destination.resolve() == source.resolve():
-        raise BadInput("output path is the input path; graphprune never overwrites its input")
-    if destination.is_dir():
-        raise BadInput(f"output path is a directory: {destination}")
+def _check_paths(
+    source: str | Path, destination: str | Path, inputs: Mapping[str, object] | None = None
+) -> None:
+    """Refuse, before anything runs, an output that would land on an input or cannot be
+    written safely (graphprune.outputs). `inputs` labels other files the run reads (a path,
+    else ignored: a calibration mapping or source is not a file)."""
+    files = {label: _file_of(value) for label, value in (inputs or {}).items()}
+    outputs.check_paths(
+        {outputs.MODEL_OUTPUT: destination}, models={"the input model": source}, inputs=files
+    )
+
+
+def _file_of(value: object) -> str | Path | None:
+    """The file a calibration value reads: a path, or a CalibrationSource's npz or text file;
+    None for data in memory, an image folder and "data-free"."""
+    if isinstance(value, CalibrationSource):
+        return value.path if value.kind in ("npz", "text") else None
+    if isinstance(value, (str, Path)) and value != "data-free":
+        return value
+    return None

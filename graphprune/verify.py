@@ -230,7 +230,9 @@ def session(
     if provider == "cuda":
         # fp32 parity: TF32 would round matmul inputs to 10 mantissa bits
         providers = [(PROVIDERS["cuda"], {"use_tf32": "0"})]
-    with tempfile.TemporaryDirectory() as tmp:
+    from graphprune.outputs import scratch  # one folder per process, removed on exit, SIGTERM
+
+    with tempfile.TemporaryDirectory(dir=scratch()) as tmp:
         path = Path(tmp) / "model.onnx"
         _save_for_session(model, path)
         return ort.InferenceSession(str(path), options, providers=providers)
