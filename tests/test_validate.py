@@ -3,8 +3,10 @@ tensor or node, before any session runs; the well-formed variants next to them s
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from dataclasses import asdict
 
 import numpy as np
 import onnx
@@ -14,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from graphprune import load as loading
 from graphprune.cli import main
 from graphprune.errors import BadInput
+from graphprune.plan import GroupRemoval, Plan
 from tests.graphs import model, node, weight
 from tests.test_cli import small_cnn
 
@@ -278,3 +281,105 @@ def test_cli_refuses_in_one_line_with_exit_2(tmp_path, capsys):
         "a model with NaN weights cannot be pruned"
     ]
     assert not (tmp_path / "out.onnx").exists()
+
+
+# -- plans ------------------------------------------------------------------------------------
+
+
+def plan_document() -> dict:
+    return asdict(Plan("0123abcd", "l2", 0.3, "uniform", [GroupRemoval("c1:1", 8, [0, 3])]))
+
+
+def with_removed(indices):
+    def mutate(document):
+        document["groups"][0]["removed"] = indices
+
+    return mutate
+
+
+def with_field(name, value, group: bool = False):
+    def mutate(document):
+        (document["groups"][0] if group else document)[name] = value
+
+    return mutate
+
+
+def without_field(name):
+    def mutate(document):
+        del document[name]
+
+    return mutate
+
+
+PLAN_REFUSED = {
+    "fraction": (with_removed([0, 0.5]), "groups[0].removed[1] is 0.5, expected a non-negative"),
+    "bool": (with_removed([True]), "groups[0].removed[0] is true"),
+    "negative": (with_removed([-1]), "groups[0].removed[0] is -1"),
+    "string": (with_removed(["3"]), 'groups[0].removed[0] is "3"'),
+    "duplicate": (with_removed([3, 1, 3]), "groups[0].removed lists index 3 more than once"),
+    "nested": (with_removed([[1]]), "groups[0].removed[0] is [1]"),
+    "format": (with_field("format", "graphprune.plan/0"), "format is 'graphprune.plan/0'"),
+    "missing": (without_field("groups"), "the plan has no field 'groups'"),
+    "unknown": (with_field("extra", 1), "the plan has an unknown field 'extra'"),
+    "ratio_text": (with_field("ratio", "0.3"), "'ratio' is a string, expected a number"),
+    "ratio_nan": (with_field("ratio", float("nan")), "ratio is nan, expected a finite number"),
+    "units_bool": (with_field("units", True, group=True), "'units' is a boolean"),
+    "units_zero": (with_field("units", 0, group=True), "groups[0].units is 0"),
+    "groups_object": (with_field("groups", {}), "'groups' is an object, expected a list"),
+}
+
+
+def test_saved_plan_reads_back_equal(tmp_path):
+    plan = Plan(**{**plan_document(), "groups": [GroupRemoval("c1:1", 8, [0, 3])]})
+    plan.save(tmp_path / "plan.json")
+    assert Plan.load(tmp_path / "plan.json") == plan
+
+
+@pytest.mark.parametrize("case", PLAN_REFUSED)
+def test_malformed_plan_is_refused_naming_the_field(case, tmp_path):
+    mutate, expected = PLAN_REFUSED[case]
+    document = plan_document()
+    mutate(document)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(BadInput) as refused:
+        Plan.load(path)
+    assert expected in str(refused.value) and str(path) in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"format": ', "is not JSON (Expecting value at line 1)"),
+        ("[1]", "the plan is a list, expected an object"),
+        ("1" * 5000, "is not a graphprune plan (Exceeds the limit"),
+    ],
+)
+def test_plan_that_is_not_a_plan_object_is_refused(text, expected, tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_text(text)
+    with pytest.raises(BadInput, match=re.escape(expected)):
+        Plan.load(path)
+
+
+def test_plan_not_utf8_or_a_folder_is_refused(tmp_path):
+    (tmp_path / "plan.json").write_bytes(b'{"format": "\xff"}')
+    with pytest.raises(BadInput, match="cannot read plan"):
+        Plan.load(tmp_path / "plan.json")
+    with pytest.raises(BadInput, match="cannot read plan"):
+        Plan.load(tmp_path)
+
+
+def test_cli_refuses_a_fractional_plan_index_in_one_line(tmp_path, capsys):
+    cnn_path = tmp_path / "cnn.onnx"
+    onnx.save(small_cnn(), cnn_path)
+    document = plan_document()
+    document["groups"][0]["removed"] = [0.5]
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(document))
+    out = tmp_path / "out.onnx"
+    assert main(["prune", str(cnn_path), str(out), "--plan", str(plan)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "groups[0].removed[0] is 0.5" in lines[0]
+    assert not out.exists()
