@@ -29,14 +29,15 @@ Sources:
   cut into consecutive windows of `seq_len` tokens (no special tokens added), the first
   `samples` windows; `attention_mask` is all ones, `token_type_ids` zeros, `position_ids`
   0..seq_len-1.
-- `data-free`: synthetic inputs, no data at all, deterministic in `seed`. Integer inputs named
-  like a mask get ones, token type ids zeros, position ids a range; other integer inputs are
-  token ids drawn uniformly from [0, vocabulary), the vocabulary being the row count of the
-  embedding table a `Gather` reads them from (directly or through a Cast; [0, 10) when there is
-  none). A float input that feeds a Conv whose output goes straight into a BatchNormalization
-  (the first such pair on that input) gets independent Gaussian pixels with a mean mu_c and a
-  standard deviation sigma_c per input channel chosen so that the conv's output statistics
-  match the BatchNorm's running statistics as closely as least squares allows. With
+- `data-free`: synthetic inputs, no data at all, deterministic in `seed`. Integer inputs are
+  drawn as the oracle's default inputs are (`graphprune.inputs`: one mechanism for both):
+  masks ones, position ids a range, ids uniform within the table they index (token ids within
+  the vocabulary, type ids within their table, bytes over all 256), a scalar compared before
+  an If its constant. A float input that feeds a Conv whose output goes straight into a
+  BatchNormalization (the first such pair on that input) gets independent Gaussian pixels
+  with a mean mu_c and a standard deviation sigma_c per input channel chosen so that the
+  conv's output statistics match the BatchNorm's running statistics as closely as least
+  squares allows. With
   S[o, c] = sum_p W[o, c, p] and Q[o, c] = sum_p W[o, c, p]^2 (kernel positions p; zero where
   a grouped conv's output o does not read channel c), conv bias b, running mean m and var v:
 
@@ -45,8 +46,8 @@ Sources:
 
   (non-negative least squares, then each sigma_c^2 raised to at least 1% of the largest one,
   so that no input channel is constant; zero padding at the borders is ignored). Any other
-  float input is N(0, 1). Symbolic
-  sizes are `seq_len` for integer inputs, 64 for float ones, unless `input_shapes` gives them.
+  float input is N(0, 1). Symbolic (and `-1` or `0`) sizes are `seq_len` for integer inputs,
+  64 for float ones, unless `input_shapes` gives them.
 """
 
 from __future__ import annotations
@@ -61,7 +62,17 @@ import onnx
 
 from graphprune.errors import BadInput
 from graphprune.graph import GraphIndex, attribute
-from graphprune.verify import DYNAMIC_DIM
+from graphprune.inputs import (
+    DYNAMIC_DIM,
+    FLOAT_DRAWS,
+    FloatDraw,
+    declared_dims,
+    draw,
+    input_dtype,
+    refuse_selectors,
+    roles,
+)
+from graphprune.inputs import input_shapes as shapes_for
 
 KINDS = ("npz", "arrays", "images", "text", "data-free")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -188,17 +199,17 @@ def _checked(
     checked = {}
     for value in inputs:
         array = np.asarray(samples[value.name])
-        dims = value.type.tensor_type.shape.dim
+        dims = _dims(value)
         if array.ndim != len(dims):
             raise BadInput(
                 f"{where}: input '{value.name}' has rank {array.ndim}, the model expects "
                 f"{len(dims)}"
             )
         for axis, dim in enumerate(dims):
-            if axis and dim.HasField("dim_value") and array.shape[axis] != dim.dim_value:
+            if axis and isinstance(dim, int) and array.shape[axis] != dim:
                 raise BadInput(
                     f"{where}: input '{value.name}' has shape {list(array.shape)}, the model "
-                    f"expects {dim.dim_value} on axis {axis}"
+                    f"expects {dim} on axis {axis}"
                 )
         dtype = _dtype(value)
         if np.issubdtype(array.dtype, np.floating) and not np.issubdtype(dtype, np.floating):
@@ -386,68 +397,40 @@ def _data_free(
     model: onnx.ModelProto,
     inputs: list[onnx.ValueInfoProto],
     size: int,
-    input_shapes: Mapping[str, tuple[int, ...]],
+    given_shapes: Mapping[str, tuple[int, ...]],
 ) -> Batches:
     index = GraphIndex.build(model)
-    shapes = _generated_shapes(inputs, size, source.seq_len, input_shapes)
+    found = roles(model, index)
+    refuse_selectors(found)
+    shapes = shapes_for(model, given_shapes, size, source.seq_len, DYNAMIC_DIM, found)
     total = source.samples or DEFAULT_SAMPLES
     count = max(1, total // size)
-    plans = {value.name: _generator(index, value) for value in inputs}
+    floats = {name: _float_draw(index, name) for name, r in found.items() if r.kind == "float"}
 
     def make() -> Iterator[dict]:
         for number in range(count):
             rng = np.random.default_rng([source.seed, number])
             yield {
-                value.name: plans[value.name](rng, shapes[value.name]).astype(_dtype(value))
+                value.name: np.asarray(
+                    draw(
+                        found[value.name],
+                        value.name,
+                        rng,
+                        shapes[value.name],
+                        floats.get(value.name, FLOAT_DRAWS["N(0,1)"]),
+                    )
+                ).astype(_dtype(value))
                 for value in inputs
             }
 
     return Batches(make, count, source.describe())
 
 
-def _generated_shapes(inputs, batch: int, seq_len: int, given) -> dict[str, tuple[int, ...]]:
-    """Static sizes as declared; symbolic ones shared across inputs: the batch on axis 0,
-    `seq_len` when an integer input names the symbol first, else 64."""
-    sizes: dict[str, int] = {}
-    for value in inputs:
-        for dim, size in zip(_dims(value), given.get(value.name, ()), strict=False):
-            if isinstance(dim, str):
-                sizes.setdefault(dim, size)
-    ordered = sorted(inputs, key=lambda v: np.issubdtype(_dtype(v), np.floating))
-    shapes = {}
-    for value in ordered:
-        if value.name in given:
-            shapes[value.name] = tuple(given[value.name])
-            continue
-        default = DYNAMIC_DIM if np.issubdtype(_dtype(value), np.floating) else seq_len
-        shape = []
-        for axis, dim in enumerate(_dims(value)):
-            if isinstance(dim, int):
-                shape.append(dim)
-            else:
-                size = batch if axis == 0 else default
-                shape.append(sizes.setdefault(dim, size) if dim else size)
-        shapes[value.name] = tuple(shape)
-    return shapes
-
-
-Generator = Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]
-
-
-def _generator(index: GraphIndex, value: onnx.ValueInfoProto) -> Generator:
-    if not np.issubdtype(_dtype(value), np.floating):
-        role = _int_role(value.name)
-        if role == "mask":
-            return lambda rng, shape: np.ones(shape)
-        if role == "types":
-            return lambda rng, shape: np.zeros(shape)
-        if role == "positions":
-            return lambda rng, shape: np.broadcast_to(np.arange(shape[-1]), shape).copy()
-        vocabulary = _vocabulary(index, value.name)
-        return lambda rng, shape: rng.integers(0, vocabulary, size=shape)
-    matched = batchnorm_matched(index, value.name)
+def _float_draw(index: GraphIndex, name: str) -> FloatDraw:
+    """Gaussian pixels matched to the first Conv -> BatchNorm after `name`, else N(0, 1)."""
+    matched = batchnorm_matched(index, name)
     if matched is None:
-        return lambda rng, shape: rng.standard_normal(shape)
+        return FLOAT_DRAWS["N(0,1)"]
     mean, std = matched
     # per input channel on axis 1 (NCHW, as the conv reads it)
     return lambda rng, shape: (
@@ -457,21 +440,6 @@ def _generator(index: GraphIndex, value: onnx.ValueInfoProto) -> Generator:
 
 def _channels(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return values.reshape(1, -1, *([1] * (len(shape) - 2)))
-
-
-def _vocabulary(index: GraphIndex, name: str) -> int:
-    """Rows of the embedding table `name` indexes (directly or through a Cast); 10 if none."""
-    readers = list(index.consumers.get(name, []))
-    for position in list(readers):
-        node = index.node(position)
-        if node.op_type == "Cast":
-            readers += index.consumers.get(node.output[0], [])
-    for position in readers:
-        node = index.node(position)
-        if node.op_type == "Gather" and index.is_constant(node.input[0]):
-            table = index.constants.shape(node.input[0])
-            return int(table[attribute(node, "axis", 0)])
-    return 10
 
 
 def batchnorm_matched(index: GraphIndex, name: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -546,14 +514,12 @@ def _free_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def _dims(value: onnx.ValueInfoProto) -> list:
-    return [
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or "")
-        for d in value.type.tensor_type.shape.dim
-    ]
+    """Static sizes as ints; symbolic, -1 and 0 sizes as their symbol ("" when unnamed)."""
+    return declared_dims(value)
 
 
 def _dtype(value: onnx.ValueInfoProto) -> np.dtype:
-    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+    return input_dtype(value)
 
 
 def _static_batch(inputs: list[onnx.ValueInfoProto]) -> int | None:

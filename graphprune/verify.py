@@ -31,6 +31,7 @@ model with dynamic axes, at other sizes of them.
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -44,12 +45,23 @@ from graphprune import load as loading
 from graphprune.depgraph import DepGraph
 from graphprune.edit import ConstantStore, copy_structure
 from graphprune.errors import BadInput
+from graphprune.inputs import (
+    DYNAMIC_DIM,
+    InputSet,
+    as_input_set,
+    declared_dims,
+    default_inputs,
+    free_inputs,
+)
 from graphprune.ops import Role
 from graphprune.progress import progress
 
+__all__ = ["DYNAMIC_DIM", "InputSet"]  # re-exported: callers read them from here
+
 RTOL, ATOL = 1e-4, 1e-5
+COSINE_EPS = 1e-4  # 1 - cosine allowed (or rtol, when larger): a relative L2 error of ~1.4%
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-DYNAMIC_DIM = 64  # size given to a symbolic non-batch dimension when no shape is supplied
+INCONCLUSIVE_HINT = "give real inputs with --inputs"
 
 
 @dataclass
@@ -64,8 +76,11 @@ class OutputCheck:
     cosine: float | None = None  # of the flattened outputs
     top1: float | None = None  # share of rows (all axes but the last) with the same argmax
     top5: float | None = None  # share of rows whose reference argmax is in the actual top 5
+    dead: str = ""  # why the reference output tests nothing (all zero, constant, NaN): not judged
 
     def line(self, provider: str) -> str:
+        if self.dead:
+            return f"NOT JUDGED | {provider} | output '{self.name}' | reference {self.dead}"
         verdict = "PASSED" if self.passed else "FAILED"
         extra = "".join(
             f", {k} {v:.6f}" if k == "cosine" else f", {k} {v:.1%}"
@@ -102,7 +117,9 @@ NOT_EXACT = "not exact by design (normalization statistics change)"
 @dataclass
 class Check:
     """One comparison on one execution provider. An inexact check (`exact` False) reports its
-    outputs without judging them; `shapes` (a structural check) are always judged."""
+    outputs without judging them; `shapes` (a structural check) are always judged. Outputs
+    whose reference is dead are reported, not judged; when no output is alive at any input
+    tried the check is `inconclusive`: not passed. `inputs` describes the inputs used."""
 
     what: str
     provider: str
@@ -111,24 +128,51 @@ class Check:
     exact: bool = True
     note: str = ""
     shapes: list[ShapeCheck] = field(default_factory=list)
+    inconclusive: str = ""  # why nothing could be judged
+    inputs: dict[str, dict] = field(default_factory=dict)  # InputSet.describe() of those used
+    inputs_text: str = ""  # the same in one line
+    inputs_tried: list[str] = field(default_factory=list)  # labels of the input sets run
 
     @property
     def passed(self) -> bool:
         if self.skipped:
             return True
-        judged = self.outputs if self.exact else []
+        if self.inconclusive:
+            return False
+        judged = [o for o in self.outputs if not o.dead] if self.exact else []
         return all(o.passed for o in judged) and all(s.passed for s in self.shapes)
+
+    @property
+    def state(self) -> str:
+        """skipped, inconclusive, reported (inexact, not judged), passed or failed."""
+        if self.skipped or self.inconclusive:
+            return "skipped" if self.skipped else "inconclusive"
+        if not self.exact and not self.shapes:
+            return "reported"
+        return "passed" if self.passed else "failed"
 
     def as_dict(self) -> dict:
         shapes = [s.as_dict() for s in self.shapes]
-        return asdict(self) | {"shapes": shapes, "passed": self.passed}
+        return asdict(self) | {"shapes": shapes, "passed": self.passed, "state": self.state}
 
     def line(self) -> str:
+        """The verdict in one line, then the inputs used (shapes, ranges) on the same line."""
+        line = self._verdict_line()
+        return f"{line}; {self.inputs_text}" if self.inputs_text else line
+
+    def _verdict_line(self) -> str:
         if self.skipped:
             return f"SKIPPED  {self.what} on {self.provider}: {self.skipped}"
+        if self.inconclusive:
+            return f"INCONCLUSIVE {self.what} on {self.provider}: {self.inconclusive}"
         if self.shapes:
             return self._shape_line()
-        worst = max(self.outputs, key=lambda o: o.max_abs)
+        alive = [o for o in self.outputs if not o.dead] or self.outputs
+        dead = [o for o in self.outputs if o.dead]
+        unjudged = (
+            "; not judged: " + ", ".join(f"'{o.name}' ({o.dead})" for o in dead) if dead else ""
+        )
+        worst = max(alive, key=lambda o: o.max_abs)
         if not self.exact:
             cosine = min((o.cosine for o in self.outputs if o.cosine is not None), default=None)
             return (
@@ -138,14 +182,16 @@ class Check:
                 + f" ({len(self.outputs)} outputs)"
             )
         verdict = "PASSED " if self.passed else "FAILED "
-        noise = [o.noise for o in self.outputs if o.noise is not None]
+        noise = [o.noise for o in alive if o.noise is not None]
         within = f", fp32 noise of the reference {max(noise):.2e}" if noise else ""
-        wide = [o.fp64_gap for o in self.outputs if o.fp64_gap is not None]
+        wide = [o.fp64_gap for o in alive if o.fp64_gap is not None]
         within += f", float64 max abs {max(wide):.2e}" if wide else ""
+        cosine = min((o.cosine for o in alive if o.cosine is not None), default=None)
+        within += f", cosine {cosine:.6f}" if cosine is not None else ""
         return (
             f"{verdict} {self.what} on {self.provider}: max abs {worst.max_abs:.2e}, "
             f"max rel {worst.max_rel:.2e}, output scale {worst.scale:.2e}{within} "
-            f"({len(self.outputs)} outputs)"
+            f"({len(alive)} outputs){unjudged}"
         )
 
     def _shape_line(self) -> str:
@@ -169,48 +215,12 @@ def cuda_available() -> bool:
 
 def random_inputs(
     model: onnx.ModelProto, seed: int = 0, shapes: Mapping[str, tuple[int, ...]] | None = None
-) -> dict[str, np.ndarray]:
-    """Random inputs honouring dtypes. Symbolic dimensions take their size from `shapes` where
-    an input given there names them, else 1 on axis 0 (batch) and DYNAMIC_DIM elsewhere; one
-    symbol gets one size across all inputs (input_ids and attention_mask share batch and
-    sequence). Integers are drawn in [0, 10): valid token ids and small indices."""
-    rng = np.random.default_rng(seed)
-    shapes = dict(shapes or {})
-    inputs = _free_inputs(model)
-    sizes = _symbol_sizes(inputs, shapes)
-    feeds = {}
-    for value in inputs:
-        dims = value.type.tensor_type.shape.dim
-        shape = shapes.get(value.name) or tuple(
-            d.dim_value
-            if d.HasField("dim_value")
-            else sizes.get(d.dim_param, 1 if axis == 0 else DYNAMIC_DIM)
-            for axis, d in enumerate(dims)
-        )
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        if np.issubdtype(dtype, np.floating):
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == np.bool_:
-            feeds[value.name] = rng.random(shape) < 0.5
-        else:
-            feeds[value.name] = rng.integers(0, 10, size=shape).astype(dtype)
-    return feeds
-
-
-def _free_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    initializers = {t.name for t in model.graph.initializer}
-    return [v for v in model.graph.input if v.name not in initializers]
-
-
-def _symbol_sizes(inputs, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
-    """Sizes of symbolic dimensions, read off the inputs whose shapes were given."""
-    sizes = {}
-    for value in inputs:
-        given = shapes.get(value.name)
-        for dim, size in zip(value.type.tensor_type.shape.dim, given or (), strict=False):
-            if dim.dim_param:
-                sizes.setdefault(dim.dim_param, size)
-    return sizes
+) -> InputSet:
+    """Default inputs derived from the graph (graphprune.inputs): integers within the tables
+    they index, masks of ones, floats N(0, 1); symbolic (and -1 or 0) sizes from `shapes`
+    where an input given there names them, else 1 on axis 0 and DYNAMIC_DIM elsewhere. The
+    set carries the alternatives the oracle tries when outputs are dead at these."""
+    return default_inputs(model, seed, shapes)
 
 
 def session(
@@ -295,31 +305,72 @@ def compare(
     rtol: float = RTOL,
     atol: float = ATOL,
 ) -> list[OutputCheck]:
-    """Per output: |actual - reference| <= atol * max(1, scale) + rtol * |reference| everywhere,
-    where scale = max |reference|.
+    """The one comparator of every check. Per output, with scale = max |reference|:
 
-    fp32 round-off grows with the magnitudes summed: an element that cancels to near zero in an
-    output whose values reach 40 carries ~1e-5 of summation-order noise. Scaling atol by the
-    output's magnitude (only when it exceeds 1) keeps the check as strict as rtol/atol on
-    unit-scale outputs without failing on noise; a structural error is of the output's order.
+    - everywhere |actual - reference| <= rtol * |reference| + atol * scale: the tolerance is
+      relative to the output's own magnitude at every scale (logits of 1e-7 get 1e-12, not
+      the 1e-5 an absolute floor would allow, which let any wrong model pass);
+    - cosine(actual, reference) >= 1 - max(COSINE_EPS, rtol);
+    - float outputs shaped like classifiers or LMs (last axis >= 2 classes, other axes rows):
+      every row whose reference argmax leads the runner-up by more than twice the row's
+      largest tolerance keeps its argmax (closer rows may flip within tolerance).
+
+    A reference output that is dead (empty, NaN/inf, all zero, constant) tests nothing: its
+    OutputCheck says why in `dead` and does not pass; a Check leaves it unjudged. fp32
+    round-off grows with the magnitudes summed, not with the output: outputs that cancel to
+    small values can fail here on noise alone, and the fp32-noise and float64 judgements
+    (`_compared`) then decide them.
     """
     checks = []
+    min_cosine = 1.0 - max(COSINE_EPS, rtol)
     for name, ref in reference.items():
-        got = actual[name]
-        if got.shape != ref.shape:
-            checks.append(OutputCheck(name, float("inf"), float("inf"), False))
+        got = actual.get(name)
+        dead = dead_reason(ref)
+        if got is None or got.shape != ref.shape:
+            checks.append(OutputCheck(name, float("inf"), float("inf"), False, dead=dead))
             continue
         ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
-        diff = np.abs(got64 - ref64)
+        with np.errstate(invalid="ignore"):  # inf - inf in a dead reference
+            diff = np.abs(got64 - ref64)
         max_abs = float(diff.max(initial=0.0))
-        max_rel = float((diff / np.maximum(np.abs(ref64), 1e-12)).max(initial=0.0))
+        max_rel = float((diff / np.maximum(np.abs(ref64), 1e-30)).max(initial=0.0))
         scale = float(np.abs(ref64).max(initial=0.0))
-        passed = bool(np.all(diff <= atol * max(1.0, scale) + rtol * np.abs(ref64)))
-        check = OutputCheck(name, max_abs, max_rel, passed, scale, cosine=_cosine(ref64, got64))
+        tolerance = rtol * np.abs(ref64) + atol * scale
+        cosine = _cosine(ref64, got64)
+        passed = bool(np.all(diff <= tolerance)) and cosine >= min_cosine and not dead
+        check = OutputCheck(name, max_abs, max_rel, passed, scale, cosine=cosine, dead=dead)
         if ref.ndim >= 2 and ref.shape[-1] >= 2 and np.issubdtype(ref.dtype, np.floating):
             check.top1, check.top5 = _topk_agreement(ref64, got64)
+            check.passed = check.passed and _decided_rows_agree(ref64, got64, tolerance)
         checks.append(check)
     return checks
+
+
+def dead_reason(reference: np.ndarray) -> str:
+    """Why a reference output tests nothing, or "" when it is alive: empty, not finite, all
+    zero or constant (a single value counts as alive unless it is a float zero or not finite;
+    an integer scalar, a count or a class, is data)."""
+    values = np.asarray(reference)
+    if values.size == 0:
+        return "empty"
+    floating = np.issubdtype(values.dtype, np.floating)
+    if floating and not np.all(np.isfinite(values)):
+        return "not finite (NaN/inf)"
+    if floating and not np.any(values):
+        return "all zero"
+    if values.size > 1 and np.all(values == values.flat[0]):
+        return f"constant ({values.flat[0]})"
+    return ""
+
+
+def _decided_rows_agree(reference: np.ndarray, actual: np.ndarray, tolerance) -> bool:
+    """Top-1 agreement on the rows whose argmax cannot move within tolerance."""
+    ref = reference.reshape(-1, reference.shape[-1])
+    got = actual.reshape(-1, actual.shape[-1])
+    slack = 2 * np.broadcast_to(tolerance, reference.shape).reshape(ref.shape).max(axis=1)
+    top2 = -np.partition(-ref, 1, axis=1)[:, :2]
+    decided = (top2[:, 0] - top2[:, 1]) > slack
+    return bool(np.all(ref[decided].argmax(axis=1) == got[decided].argmax(axis=1)))
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -386,12 +437,12 @@ def oracle(
     reference_model = masked_model(model, dep, removals, in_place)
     checks = []
     for provider in progress(providers, "verifying"):
-        check = _compared(
+        check, used = _compared(
             "zero-then-prune oracle", reference_model, pruned, inputs, provider, rtol, atol, exact
         )
         checks.append(check)
-        if not exact and not check.skipped and not check.shapes:
-            checks.append(structure_check(reference_model, pruned, inputs, provider))
+        if not exact and used is not None and not check.shapes:
+            checks.append(structure_check(reference_model, pruned, used, provider))
     return checks
 
 
@@ -408,7 +459,7 @@ def equivalence_checks(
     zero-then-prune (experts against -inf router logits, removed blocks against branch x 0):
     the same tolerances, and the same float32-noise and float64 judgements when they fail."""
     return [
-        _compared(what, reference_model, rewritten, inputs, provider, rtol, atol)
+        _compared(what, reference_model, rewritten, inputs, provider, rtol, atol)[0]
         for provider in providers
     ]
 
@@ -422,28 +473,75 @@ def _compared(
     rtol: float,
     atol: float,
     exact: bool = True,
-) -> Check:
-    """One provider's comparison: a model that does not run fails the check; failed outputs
-    are judged against the reference's measured fp32 noise, then in float64 (an inexact check
-    counts as passed and is not judged)."""
+) -> tuple[Check, InputSet | None]:
+    """One provider's comparison, and the inputs it used (None when skipped). The inputs are
+    the first set at which the reference's outputs are alive (`alive_inputs`); a model that
+    does not run fails the check; with no output alive an exact check is inconclusive; failed
+    outputs are judged against the reference's measured fp32 noise, then in float64 (an
+    inexact check counts as passed and is not judged)."""
     check = Check(what, provider, exact=exact)
     check.note = "" if exact else NOT_EXACT
     if provider == "cuda" and not cuda_available():
         check.skipped = "CUDAExecutionProvider not available (install graphprune[gpu])"
-        return check
-    reference = run(reference_model, inputs, provider)
+        return check, None
+    feeds, reference, tried = alive_inputs(reference_model, inputs, provider, what)
+    check.inputs, check.inputs_text, check.inputs_tried = feeds.describe(), feeds.text(), tried
     try:
-        actual = run(rewritten, inputs, provider)
+        actual = run(rewritten, feeds, provider)
     except Exception as err:  # the rewritten model does not run: a failed check, not a crash
-        sizes = {name: list(value.shape) for name, value in inputs.items()}
+        sizes = {name: list(value.shape) for name, value in feeds.items()}
         check.shapes.append(ShapeCheck("*", sizes, [], [], _first_line(err)))
-        return check
+        return check, feeds
     check.outputs = compare(reference, actual, rtol, atol)
+    if exact and check.outputs and all(o.dead for o in check.outputs):
+        reasons = "; ".join(f"'{o.name}' {o.dead}" for o in check.outputs[:3])
+        check.inconclusive = (
+            f"outputs dead/non-finite at every input tried ({reasons}; "
+            f"{len(tried)} input set(s): {', '.join(tried)}); {INCONCLUSIVE_HINT}"
+        )
+        return check, feeds
     if not check.passed:
-        _judge_against_noise(check, reference_model, reference, inputs, provider)
+        _judge_against_noise(check, reference_model, reference, feeds, provider)
     if not check.passed:
-        _judge_in_float64(check, reference_model, rewritten, inputs)
-    return check
+        _judge_in_float64(check, reference_model, rewritten, feeds)
+    return check, feeds
+
+
+def alive_inputs(
+    model: onnx.ModelProto,
+    inputs: Mapping[str, np.ndarray],
+    provider: str = "cpu",
+    what: str = "check",
+) -> tuple[InputSet, dict[str, np.ndarray], list[str]]:
+    """(the inputs, `model`'s outputs at them, the labels of every input set run). Generated
+    inputs whose outputs are partly dead are followed by their alternatives (image-like
+    ranges, scaled floats, other seeds) until one makes every output alive; the set with the
+    most alive outputs is kept, the first of equals. Given inputs are used as they are. A
+    reference that does not run at the first set is bad input (the model or the inputs)."""
+    first = as_input_set(inputs)
+    best: tuple[int, InputSet, dict[str, np.ndarray]] | None = None
+    tried: list[str] = []
+    for candidate in itertools.chain([first], first.alternatives()):
+        try:
+            outputs = run(model, candidate, provider)
+        except MemoryError:
+            raise
+        except Exception as err:  # onnxruntime's own error types
+            if best is None:
+                raise BadInput(
+                    f"{what}: the reference model does not run on {provider} at {candidate.label} "
+                    f"inputs: {_first_line(err)}; {INCONCLUSIVE_HINT}"
+                ) from None
+            tried.append(f"{candidate.label} (does not run)")
+            continue
+        tried.append(candidate.label)
+        alive = sum(not dead_reason(value) for value in outputs.values())
+        if best is None or alive > best[0]:
+            best = (alive, candidate, outputs)
+        if alive == len(outputs):
+            break
+    assert best is not None
+    return best[1], best[2], tried
 
 
 def structure_check(
@@ -486,11 +584,11 @@ def other_sizes(
     stay valid (token ids, masks, pixels); None when no input dimension is symbolic."""
     new_size: dict[str, int] = {}
     axes: dict[str, list[tuple[int, str]]] = {}
-    for value in _free_inputs(model):
-        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
-            if dim.HasField("dim_value") or value.name not in inputs:
+    for value in free_inputs(model):
+        for axis, dim in enumerate(declared_dims(value)):
+            if isinstance(dim, int) or value.name not in inputs:
                 continue
-            symbol = dim.dim_param or f"{value.name}:{axis}"
+            symbol = dim or f"{value.name}:{axis}"
             size = inputs[value.name].shape[axis]
             new_size.setdefault(symbol, size + 2 if size <= 2 else size - 3)
             axes.setdefault(value.name, []).append((axis, symbol))
@@ -520,7 +618,7 @@ def _judge_against_noise(
     levels = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     resummed = [run(reference_model, inputs, provider, level) for level in levels]
     for output in check.outputs:
-        if output.passed:
+        if output.passed or output.dead:
             continue
         ref = reference[output.name].astype(np.float64)
         output.noise = max(float(np.abs(r[output.name] - ref).max()) for r in resummed)
@@ -541,11 +639,12 @@ def _judge_in_float64(
     except Exception:  # no double kernel for some op: the float32 verdict stands
         return
     for output in check.outputs:
-        if output.passed or output.name not in expected:
+        if output.passed or output.dead or output.name not in expected:
             continue
         gap = float(np.abs(expected[output.name] - actual[output.name]).max(initial=0.0))
         output.fp64_gap = gap
-        output.passed = gap <= FP64_RTOL * max(1.0, output.scale)
+        # relative to the output's own scale, as in `compare` (no floor at 1)
+        output.passed = gap <= FP64_RTOL * output.scale
 
 
 def widened_to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -608,7 +707,8 @@ def _erf_in_double(model: onnx.ModelProto) -> None:
 
 @dataclass
 class VerifyReport:
-    """`verify`'s result: one Check per provider, plus CPU vs CUDA for model B."""
+    """`verify`'s result: one Check per provider, plus CPU vs CUDA for model B; `inputs`
+    describes the inputs compared at (shapes, value ranges, how they were made)."""
 
     a: str
     b: str
@@ -616,14 +716,21 @@ class VerifyReport:
     atol: float
     input_shapes: dict[str, list[int]]
     checks: list[Check] = field(default_factory=list)
+    inputs: dict[str, dict] = field(default_factory=dict)
+    inputs_text: str = ""
 
     @property
     def passed(self) -> bool:
         return all(c.passed for c in self.checks)
 
+    @property
+    def inconclusive(self) -> bool:
+        return any(c.inconclusive for c in self.checks)
+
     def as_dict(self) -> dict:
         checks = [c.as_dict() for c in self.checks]
-        return asdict(self) | {"checks": checks, "passed": self.passed}
+        state = "passed" if self.passed else "inconclusive" if self.inconclusive else "failed"
+        return asdict(self) | {"checks": checks, "passed": self.passed, "state": state}
 
     def lines(self) -> list[str]:
         lines = []
@@ -631,10 +738,16 @@ class VerifyReport:
             label = f"{check.provider} ({check.what})"
             if check.skipped:
                 lines.append(f"SKIPPED | {label} | {check.skipped}")
+            if check.inconclusive:
+                lines.append(f"INCONCLUSIVE | {label} | {check.inconclusive}")
+            lines += [f"FAILED | {label} | B does not run: {s.error}" for s in check.shapes]
             lines += [o.line(label) for o in check.outputs]
+        if self.inputs_text:
+            lines.append(self.inputs_text)
+        verdict = "PASSED" if self.passed else "INCONCLUSIVE" if self.inconclusive else "FAILED"
         lines.append(
-            f"{'PASSED' if self.passed else 'FAILED'} | {self.a} vs {self.b} "
-            f"(rtol {self.rtol:g}, atol {self.atol:g})"
+            f"{verdict} | {self.a} vs {self.b} "
+            f"(rtol {self.rtol:g}, atol {self.atol:g} x each output's max |A|)"
         )
         return lines
 
@@ -652,29 +765,34 @@ def verify(
     atol: float | None = None,
     seed: int = 0,
 ) -> VerifyReport:
-    """Run models `a` and `b` on each provider with the same inputs and compare every output;
-    with both providers available, also `b` on CPU against `b` on CUDA. fp16 models default to
-    rtol 1e-2, atol 1e-3 (fp32: 1e-4, 1e-5)."""
+    """Run models `a` and `b` on each provider with the same inputs and compare every output
+    with the oracle's comparator and judgements (`_compared`: alive inputs, fp32 noise,
+    float64); with both providers available, also `b` on CPU against `b` on CUDA. fp16 models
+    default to rtol 1e-2, atol 1e-3 (fp32: 1e-4, 1e-5)."""
     model_a, model_b = loading.load(a), loading.load(b)
-    feeds = dict(inputs) if inputs is not None else random_inputs(model_a, seed, input_shapes)
+    feeds = (
+        as_input_set(inputs) if inputs is not None else random_inputs(model_a, seed, input_shapes)
+    )
     check_feeds(model_a, feeds, a)
     check_feeds(model_b, feeds, b)
     half = _has_fp16_outputs(model_a) or _has_fp16_outputs(model_b)
     rtol = rtol if rtol is not None else (FP16_RTOL if half else RTOL)
     atol = atol if atol is not None else (FP16_ATOL if half else ATOL)
     report = VerifyReport(str(a), str(b), rtol, atol, {k: list(v.shape) for k, v in feeds.items()})
-    outputs_b: dict[str, dict[str, np.ndarray]] = {}
+    used: dict[str, InputSet] = {}
     for provider in providers:
-        check = Check("A vs B", provider)
-        if provider == "cuda" and not cuda_available():
-            check.skipped = "CUDAExecutionProvider not available (install graphprune[gpu])"
-        else:
-            outputs_b[provider] = run(model_b, feeds, provider)
-            check.outputs = compare(run(model_a, feeds, provider), outputs_b[provider], rtol, atol)
+        check, chosen = _compared("A vs B", model_a, model_b, feeds, provider, rtol, atol)
         report.checks.append(check)
-    if {"cpu", "cuda"} <= outputs_b.keys():
+        if chosen is not None and not check.inconclusive:
+            used[provider] = chosen
+    if used:
+        chosen = next(iter(used.values()))
+        report.inputs, report.inputs_text = chosen.describe(), chosen.text()
+        report.input_shapes = {k: list(v.shape) for k, v in chosen.items()}
+    if {"cpu", "cuda"} <= used.keys():
         cross = Check("B on CPU vs B on CUDA", "cpu-vs-cuda")
-        cross.outputs = compare(outputs_b["cpu"], outputs_b["cuda"], rtol, atol)
+        on_cpu, on_cuda = (run(model_b, used["cpu"], p) for p in ("cpu", "cuda"))
+        cross.outputs = compare(on_cpu, on_cuda, rtol, atol)
         report.checks.append(cross)
     return report
 
