@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,8 @@ BENCH_ROUNDS = 2  # dense/pruned pairs per thread count, order alternating
 BENCH_RUNS, BENCH_WARMUP = 20, 3
 TINY_SCALE = 1e-5  # an output this small at the oracle's inputs is as good as dead
 LOW_COSINE = 0.999
+DEBUG_HINT = "(set GRAPHPRUNE_DEBUG=1 for a traceback)"
+CELL_CHARS = 240  # a problem's text in the table; results.json keeps it whole
 
 
 @dataclass(frozen=True)
@@ -185,11 +188,19 @@ def exporter_of(path: Path) -> str:
 # --- CLI calls -----------------------------------------------------------------------------
 
 
+# Set by --snapshot: the sources the CLI imports graphprune from (PYTHONPATH goes before the
+# editable install's finder), so that edits in progress in the working tree cannot break a run.
+SOURCE: Path | None = None
+
+
 def cli(args: list[str], timeout: float) -> Step:
     """Run the graphprune CLI in a fresh process; a failure's reason is its last stderr line."""
+    env = dict(os.environ, PYTHONPATH=str(SOURCE)) if SOURCE else None
     start = time.perf_counter()
     try:
-        done = subprocess.run([str(CLI), *args], capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            [str(CLI), *args], capture_output=True, text=True, timeout=timeout, env=env
+        )
     except subprocess.TimeoutExpired:
         return Step(rc=-1, seconds=timeout, reason=f"timeout after {timeout:.0f} s")
     seconds = time.perf_counter() - start
@@ -198,7 +209,8 @@ def cli(args: list[str], timeout: float) -> Step:
     except json.JSONDecodeError:
         doc = None
     lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-    reason = f"exit {done.returncode}: {lines[-1]}" if lines and done.returncode else ""
+    last = lines[-1].removesuffix(DEBUG_HINT).strip() if lines else ""
+    reason = f"exit {done.returncode}: {last}" if last and done.returncode else ""
     if done.returncode and not lines:
         reason = f"exit {done.returncode}, nothing on stderr"
     return Step(rc=done.returncode, seconds=round(seconds, 2), doc=doc, reason=reason[:400])
@@ -344,9 +356,20 @@ def _speedup(times: dict[str, float]) -> str:
 
 
 def _problems(result: Result) -> list[str]:
-    """The one-line reason of every failed step, then every suspicious pass."""
-    lines = [f"{label}: {step.reason}" for label, step in result.steps.items() if step.reason]
+    """The one-line reason of every failed step (steps failing alike share one line), then
+    every suspicious pass."""
+    steps_by_reason: dict[str, list[str]] = {}
+    for label, step in result.steps.items():
+        if step.reason:
+            steps_by_reason.setdefault(step.reason, []).append(label)
+    lines = [f"{', '.join(labels)}: {reason}" for reason, labels in steps_by_reason.items()]
     return lines + result.flags
+
+
+def _cell(problem: str) -> str:
+    """A problem as a table cell: pipes escaped, long onnxruntime messages cut."""
+    text = problem if len(problem) <= CELL_CHARS else problem[: CELL_CHARS - 3] + "..."
+    return text.replace("|", "\\|")
 
 
 def table(results: dict[str, Result]) -> list[str]:
@@ -361,7 +384,7 @@ def table(results: dict[str, Result]) -> list[str]:
         if result is None:
             continue
         loads, prunable = _inspect_cells(result.steps.get("inspect"))
-        problems = "; ".join(p.replace("|", "\\|") for p in _problems(result)) or "none"
+        problems = "; ".join(_cell(p) for p in _problems(result)) or "none"
         lines.append(
             f"| `{entry.short}` ({entry.what}) | {entry.package} {entry.version} | "
             f"{result.exporter} | {loads} | {prunable} | {_verdict(result.steps.get('ratio 0'))} "
@@ -415,18 +438,39 @@ def _commit() -> str:
     return describe(ROOT)["graphprune commit"]
 
 
+def snapshot() -> tuple[Path, str]:
+    """The committed HEAD's sources, unpacked once into the cache, and its short commit."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    folder = CACHE / "src" / head
+    if not (folder / "graphprune").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "archive", "HEAD", "graphprune"], cwd=ROOT, capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder, f"{head} (committed sources)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run only files whose key contains this")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per CLI call")
     parser.add_argument("--no-bench", action="store_true", help="skip the latency runs")
     parser.add_argument("--dry", action="store_true", help="rewrite the section from results")
+    parser.add_argument(
+        "--snapshot", action="store_true", help="measure the committed HEAD, not the work tree"
+    )
     args = parser.parse_args()
+    global SOURCE
     results = load_results()
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     start = time.perf_counter()
     if not args.dry:
         commit = _commit()
+        if args.snapshot:
+            SOURCE, commit = snapshot()
         for entry in ENTRIES:
             if args.only and args.only not in entry.key:
                 continue
