@@ -197,7 +197,11 @@ def _control_flow_role(
     for node, slot in uses:
         if node.op_type == "If" and slot == 0:
             return Role("selector", why=f"condition of {node_label(node, 0)}")
-        if node.op_type not in COMPARISONS or not _reaches_if_condition(index, node.output[0]):
+        if not _reaches_if_condition(index, node.output[0]):
+            continue
+        if node.op_type in BOOL_CARRIERS:  # a Cast to bool or a Not: the value is the branch
+            return Role("selector", why=f"{node.op_type} into an If condition")
+        if node.op_type not in COMPARISONS:
             continue
         other = node.input[1 - slot]
         if index.is_constant(other) and np.asarray(index.constants[other]).size == 1:
