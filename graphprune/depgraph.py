@@ -157,6 +157,12 @@ class DepGraph:
     def add_inexact(self, space: Space, reason: str) -> None:
         self.inexact[space].append(reason)
 
+    def holds_channel(self, space: Space) -> bool:
+        """Whether `space` is linked, so far, to a constant slice with a role."""
+        if space not in self.graph:
+            return False
+        return any(s in self.roles for s in nx.node_connected_component(self.graph, space))
+
     # -- groups -------------------------------------------------------------------------------
     @cached_property
     def groups(self) -> list[Group]:

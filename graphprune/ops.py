@@ -260,6 +260,11 @@ class RuleContext:
     def block(self, space: Space, reason: str) -> None:
         self._sink.add_block(self.position, space, f"{self.label}: {reason}")
 
+    def holds_channel(self, space: Space) -> bool:
+        """Whether the rules that ran before this one (every producer upstream) joined `space`
+        to a weight slice: a channel, not a spatial or sequence axis."""
+        return self._sink.holds_channel(space)
+
     def space(self, name: str, axis: int) -> Space:
         """`Space` with a non-negative axis."""
         rank = self.rank(name)
@@ -1079,13 +1084,13 @@ def link_reshape(ctx: RuleContext, x: str, y: str, shuffle_check: bool = False) 
         big_dst = [a for a in dst_axes if isinstance(dst[a], int) and dst[a] > 1]
         if not big_src or not big_dst:
             continue
-        lead, rest = big_src[0], big_src[1:]
+        lead = _merged_channel(ctx, x, big_src) if len(big_dst) == 1 else big_src[0]
+        rest = [a for a in big_src if a != lead]
         if len(big_src) >= 1 and len(big_dst) == 1:
-            width = prod(src[a] for a in rest)
-            ctx.link(Space(x, lead), Space(y, big_dst[0]), block_map(src[lead], width))
+            ctx.link(Space(x, lead), Space(y, big_dst[0]), merge_map(src, big_src, lead))
             carried.append(big_dst[0])
             for a in rest:
-                ctx.block(Space(x, a), "Reshape merges this axis behind another")
+                ctx.block(Space(x, a), "Reshape merges this axis with the channel axis")
         elif len(big_src) == 1 and len(big_dst) == 2 and shuffle_check and _swaps(ctx, big_dst):
             inner = dst[big_dst[1]]
             i = np.arange(src[lead])
@@ -1101,6 +1106,24 @@ def link_reshape(ctx: RuleContext, x: str, y: str, shuffle_check: bool = False) 
             for a in big_src:
                 ctx.block(Space(x, a), "Reshape regroups this axis with others")
     return carried
+
+
+def _merged_channel(ctx: RuleContext, x: str, axes: list[int]) -> int:
+    """The axis a merge carries: the leading one ([C, H, W] -> [C*H*W]), unless it holds no
+    channel and exactly one later axis does: a channels-last Flatten ([H, W, C] -> [H*W*C],
+    Keras and tf2onnx exports) carries C, and the spatial axes are never channels."""
+    if len(axes) < 2 or ctx.holds_channel(Space(x, axes[0])):
+        return axes[0]
+    holding = [a for a in axes[1:] if ctx.holds_channel(Space(x, a))]
+    return holding[0] if len(holding) == 1 else axes[0]
+
+
+def merge_map(shape: tuple, axes: list[int], carried: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index i of axis `carried` is every merged index whose digit on that axis is i (the
+    merged axes in row-major order; axes outside `axes` have size 1)."""
+    inner = prod(shape[a] for a in axes if a > carried)
+    merged = np.arange(prod(shape[a] for a in axes))
+    return (merged // inner) % shape[carried], merged
 
 
 def _swaps(ctx: RuleContext, parts: list[int]) -> bool:

@@ -117,6 +117,13 @@ def build_digits_cnn() -> Any:
     return trained_model()
 
 
+def build_detector(kind: str) -> Any:
+    """A detector (or the NHWC CNN) written here, see :mod:`models.detectors`."""
+    from models.detectors import build
+
+    return build(kind)
+
+
 def digits_test_accuracy(path: Path) -> float:
     """Top-1 accuracy of an exported digits CNN on the held-out test split."""
     from models.digits import accuracy_onnx, load_split
@@ -222,6 +229,41 @@ _ENTRIES = [
         source="trained here (sklearn load_digits)",
         requires=("sklearn",),
         metric=digits_test_accuracy,
+    ),
+    ZooEntry(
+        "yolov8_style",
+        "yolo",
+        functools.partial(build_detector, "yolov8"),
+        (1, 3, 64, 64),
+        _BOTH,
+        False,
+        "YOLOv8 layout at widths 16-128: C2f (Split, bottlenecks, Concat of every piece), "
+        "SPPF, PAN neck (Resize + Concat, SPPF and C2f outputs read by two Concats), decoupled "
+        "heads, DFL; one [1, 20, 84] output",
+        source="written here (models/detectors.py), random init",
+    ),
+    ZooEntry(
+        "yolox_style",
+        "yolo",
+        functools.partial(build_detector, "yolox"),
+        (1, 3, 64, 64),
+        _BOTH,
+        False,
+        "YOLOX layout at widths 16-128: Focus stem (strided Slices + Concat), CSP blocks, SPP "
+        "(5/9/13 pools), PAFPN neck, decoupled heads with a 1-channel objectness piece; "
+        "one [1, 84, 9] output",
+        source="written here (models/detectors.py), random init",
+    ),
+    ZooEntry(
+        "nhwc_cnn",
+        "keras-style",
+        functools.partial(build_detector, "nhwc"),
+        (1, 32, 32, 3),
+        _BOTH,
+        False,
+        "Keras/tf2onnx layout: NHWC input, each Conv between Transposes, bias Add and ReLU "
+        "on the last axis, channels-last Flatten (Reshape of [N, H, W, C]) before the Dense",
+        source="written here (models/detectors.py), random init",
     ),
     _ppocr(
         "det",

@@ -182,3 +182,34 @@ def test_an_encoder_returning_last_hidden_state_keeps_hidden_blocked(exporter):
     (hidden,) = [g for g in analyze(export("bert_tiny", exporter)).dep.groups if g.kind == "hidden"]
     assert not hidden.prunable and not hidden.exact
     assert any("last_hidden_state[axis 2] is a graph output" in r for r in hidden.blocked)
+
+
+DETECTORS = ("yolov8_style", "yolox_style")
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize(
+    ("name", "exporter"),
+    [pytest.param(n, e, id=f"{n}-{e}") for n in DETECTORS for e in ZOO[n].exporters],
+)
+def test_detector_neck_groups_count_units_over_every_space(name, exporter, tmp_path):
+    """The necks' Concats share inputs (PAN, SPPF, C2f/CSP), so some groups have units no single
+    space holds; they count the union, are prunable and pruned, and their plan replays."""
+    from graphprune.plan import Plan
+
+    source = export(name, exporter)
+    dep = analyze(source).dep
+    spread = [g for g in dep.groups if g.n_units > g.anchor_unit_count]
+    assert spread and all(g.prunable for g in spread), [g.blocked for g in spread]
+    for group in spread:
+        assert group.n_units == len(set().union(*(set(lab) for lab in group.labels.values())))
+    result = prune(source, tmp_path / "pruned.onnx", ratio=0.5, providers=("cpu",))
+    assert result.passed and result.written, [c.line() for c in result.checks]
+    pruned = {g.group: g for g in result.plan.groups}
+    assert all(len(pruned[g.id].removed) == g.n_units // 2 for g in spread)
+    assert any(max(pruned[g.id].removed) >= len(g.labels[g.anchor]) for g in spread)
+    result.plan.save(tmp_path / "plan.json")
+    replayed = prune(
+        source, tmp_path / "replayed.onnx", plan=Plan.load(tmp_path / "plan.json"), verify=False
+    )
+    assert replayed.after.params == result.after.params
