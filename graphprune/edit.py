@@ -102,6 +102,25 @@ def remove_unused(model: onnx.ModelProto) -> None:
             del graph.initializer[i]
 
 
+def resize_declared_weights(model: onnx.ModelProto, declared: set[str]) -> None:
+    """Make graph inputs that are also initializers (torch's keep_initializers_as_inputs)
+    declare their weight's shape after a rewrite, and drop those whose weight was deleted.
+    `declared`: the names that were such inputs before the rewrite."""
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    graph_inputs = model.graph.input
+    for i in reversed(range(len(graph_inputs))):
+        name = graph_inputs[i].name
+        if name not in declared:
+            continue
+        if name not in shapes:
+            del graph_inputs[i]
+            continue
+        shape = graph_inputs[i].type.tensor_type.shape
+        del shape.dim[:]
+        for size in shapes[name]:
+            set_dim(shape.dim.add(), int(size))
+
+
 def set_dim(dim: onnx.TensorShapeProto.Dimension, size: int | str) -> None:
     """Make `dim` a static size (int) or a symbolic one (str)."""
     dim.Clear()

@@ -17,6 +17,10 @@ Exporters also compute sizes at run time: `Shape -> Gather -> ... -> Pad/Slice/R
 those values are constants in disguise; we fold them (`Shape` of a fully static tensor, and any
 deterministic default-domain op whose inputs are all constants), so rules see literal pads,
 bounds and targets instead of blocking on a subgraph.
+
+A graph input whose channel size is declared symbolic (or -1/0) but which a Conv, Gemm or
+MatMul reads directly against a constant weight can only take the size the weight fixes; it is
+declared so (`_pin_sizes_fixed_by_weights`), so that default inputs have the right width.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ def prepare(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
     """Return `model` normalized: a copy, or `model` itself when `in_place`."""
     model = model if in_place else _copy(model)
     declared = list(model.graph.value_info)  # what the file states; kept, never replaced
+    _pin_sizes_fixed_by_weights(model)
     _fold_constant_identities(model)
     for _ in range(PREPARE_ROUNDS):  # a resolved -1 makes sizes read from its output static
         _fold_static_shape_arithmetic(model, declared)
@@ -47,6 +52,41 @@ def prepare(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
     _unfold_merge_round_trips(model, declared)
     _untie_shared_vectors(model)
     return model
+
+
+def _pin_sizes_fixed_by_weights(model: onnx.ModelProto) -> None:
+    """Declare, in place, the static size of each free graph-input axis that a constant weight
+    reads directly: Conv/ConvTranspose channels, the contraction axis of Gemm and MatMul."""
+    index = GraphIndex.build(model)
+    free = {v.name: v for v in model.graph.input if v.name not in index.constants}
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") or not node.input or node.input[0] not in free:
+            continue
+        fixed = _weight_fixed_size(node, index)
+        if fixed is None:
+            continue
+        axis, size = fixed
+        dims = free[node.input[0]].type.tensor_type.shape.dim
+        dim = dims[axis % len(dims)] if dims else None
+        if dim is not None and not (dim.HasField("dim_value") and dim.dim_value > 0):
+            set_dim(dim, size)
+
+
+def _weight_fixed_size(node: onnx.NodeProto, index: GraphIndex) -> tuple[int, int] | None:
+    """(axis of input 0, size) that the node's constant weight fixes, or None."""
+    weight = index.constants.get(node.input[1]) if len(node.input) > 1 else None
+    if weight is None or weight.ndim < 2:
+        return None
+    if node.op_type == "Conv":
+        return 1, int(weight.shape[1]) * attribute(node, "group", 1)
+    if node.op_type == "ConvTranspose":
+        return 1, int(weight.shape[0])
+    if node.op_type == "Gemm":
+        k = weight.shape[1] if attribute(node, "transB", 0) else weight.shape[0]
+        return (0 if attribute(node, "transA", 0) else 1), int(k)
+    if node.op_type == "MatMul":
+        return -1, int(weight.shape[-2])
+    return None
 
 
 def _shaped_index(model: onnx.ModelProto, declared: list) -> GraphIndex:

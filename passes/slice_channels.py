@@ -8,8 +8,10 @@ Constants in the group are sliced along their axis (np.delete; a constant cut on
 groups is cut on both, the cuts commute), the group's fixes rewrite the attributes and shape
 constants that encode sizes (Conv `group`, Split sizes, Reshape/Expand targets, Slice bounds),
 activations shrink by themselves, stale value_info is dropped, and what became unused (replaced
-shape constants) is deleted in place. No node is added or moved, so the order stays valid; an
-import/export through onnx-graphsurgeon would hold a second copy of every weight for nothing.
+shape constants) is deleted in place. Weights that are also declared graph inputs (torch's
+keep_initializers_as_inputs) declare their new shapes. No node is added or moved, so the order
+stays valid; an import/export through onnx-graphsurgeon would hold a second copy of every weight
+for nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ import onnx
 from onnx import numpy_helper
 
 from graphprune.depgraph import DepGraph
-from graphprune.edit import ConstantStore, copy_structure, remove_unused
+from graphprune.edit import (
+    ConstantStore,
+    copy_structure,
+    remove_unused,
+    resize_declared_weights,
+)
 from graphprune.ops import Space
 from graphprune.progress import progress
 
@@ -59,6 +66,7 @@ def slice_channels(
     for fix in _fixes(dep, removals):
         fix.apply(pruned, store, size, kept)
     remove_unused(pruned)
+    resize_declared_weights(pruned, {v.name for v in model.graph.input} & initializers)
     return pruned
 
 

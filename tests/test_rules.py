@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import helper
 
 from graphprune.ops import Role, Space
 from tests.graphs import (
@@ -581,6 +582,73 @@ def test_transpose_to_channels_last_and_matmul():
     _, dep = analyze(made)
     assert members(group_with(dep, "c.w", 0)) == {("c.w", 0), ("c", 1), ("t", 3), ("w", 0)}
     prune_every_group(made)
+
+
+@pytest.mark.parametrize("flatten", ["Reshape", "Flatten"])
+def test_channels_last_flatten_carries_the_channel_not_a_spatial_axis(flatten):
+    """Keras/tf2onnx: Conv between Transposes, bias on the last axis, Flatten of [N, H, W, C]:
+    channel c is every merged index k with k % C == c; H and W never form a group."""
+    consts = {"c.w": weight(6, 3, 3, 3), "c.b": weight(6), "fc.w": weight(8 * 8 * 6, 4)}
+    nodes = [
+        node("Conv", ["x", "c.w"], ["c"], pads=[1, 1, 1, 1]),
+        node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+        node("Add", ["t", "c.b"], ["biased"]),
+        node("Relu", ["biased"], ["r"]),
+    ]
+    if flatten == "Reshape":
+        consts["shape"] = ints(1, -1)
+        nodes.append(node("Reshape", ["r", "shape"], ["flat"]))
+    else:
+        nodes.append(node("Flatten", ["r"], ["flat"]))
+    nodes.append(node("MatMul", ["flat", "fc.w"], ["y"]))
+    made = model(nodes, X, ["y"], consts)
+    _, dep = analyze(made)
+    group = group_with(dep, "c.w", 0)
+    assert group.prunable and group.n_units == 6
+    np.testing.assert_array_equal(group.labels[Space("fc.w", 0)], np.tile(np.arange(6), 64))
+    assert not any(Space("r", axis) in g.sizes for g in dep.groups for axis in (1, 2))
+    pruned, _, removals = prune_at_ratio(made, 0.5)
+    assert initializer(pruned, "fc.w").shape == (8 * 8 * 3, 4) and len(removals[group.id]) == 3
+
+
+def test_weights_listed_as_graph_inputs_declare_their_pruned_shapes():
+    """torch's keep_initializers_as_inputs: every weight is also a graph input."""
+    nodes, consts = chain(
+        conv_block("x", "c1", 3, 6),
+        ([node("Relu", ["c1"], ["r"])], {}),
+        conv_block("r", "c2", 6, 4),
+    )
+    made = model(nodes, X, ["c2"], consts)
+    for tensor in made.graph.initializer:
+        made.graph.input.append(
+            helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+        )
+    pruned, _, _ = prune_at_ratio(made, 0.5)  # runs the full checker on the pruned model
+    declared = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in pruned.graph.input
+    }
+    assert declared.pop("x") == [1, 3, 8, 8]
+    assert declared == {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert declared["c1.w"] == [3, 3, 1, 1] and declared["c2.w"] == [4, 3, 1, 1]
+
+
+@pytest.mark.parametrize(("reader", "fixed_axis"), [("Conv", 1), ("Gemm", 1), ("MatMul", 1)])
+def test_a_symbolic_input_size_a_weight_fixes_is_declared_from_the_weight(reader, fixed_axis):
+    """[N, C, H, W] all symbolic: C can only be what the weight reads (not a default of 64)."""
+    if reader == "Conv":
+        nodes, consts = chain(conv_block("x", "c1", 3, 6, 3), conv_block("c1", "c2", 6, 4))
+        inputs, output = {"x": ("N", "C", "H", "W")}, "c2"
+    else:
+        consts = {"w1": weight(5, 6), "w2": weight(6, 4)}
+        nodes = [node(reader, ["x", "w1"], ["h"]), node(reader, ["h", "w2"], ["y"])]
+        inputs, output = {"x": ("N", "K")}, "y"
+    made = model(nodes, inputs, [output], consts)
+    work, _ = analyze(made)
+    (declared,) = [v for v in work.graph.input if v.name == "x"]
+    dims = declared.type.tensor_type.shape.dim
+    assert dims[fixed_axis].dim_value == (3 if reader == "Conv" else 5)
+    assert dims[0].dim_param == "N"  # the batch stays symbolic
+    prune_at_ratio(made, 0.5)
 
 
 def test_reshape_after_global_pool_with_constant_target():
