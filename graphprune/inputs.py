@@ -8,7 +8,8 @@ is first given a *role* by tracing what it reaches, through ops that only move o
 - `index`: integers in [low, high): the rows of the Gather table it indexes (the smallest, when
   it indexes several; EmbedLayerNormalization's word and segment tables alike), a OneHot depth,
   the size a Slice bound cuts, 1..64 for a Range limit. Untraced integers keep [0, 10).
-- `mask`: ones: named like a mask, or reaching Where, Not, And, Or, Xor or a Cast to bool.
+- `mask`: ones: named like a mask (float masks too), or reaching Where, Not, And, Or, Xor or
+  a Cast to bool.
 - `positions`: 0, 1, 2, ... along the last axis, when named like position ids (OPT and GPT
   derive positions from the mask; a ones mask keeps those in range too).
 - `value`: one fixed value: a scalar compared with a constant before an If condition (a sample
@@ -77,11 +78,11 @@ def roles(model: onnx.ModelProto, index: GraphIndex | None = None) -> dict[str, 
 
 def _role(index: GraphIndex, value: onnx.ValueInfoProto) -> Role:
     dtype = input_dtype(value)
+    lowered = value.name.lower()
+    if "mask" in lowered:  # float attention masks too: random ones would mask at random
+        return Role("mask", why="named so")
     if np.issubdtype(dtype, np.floating):
         return Role("float")
-    lowered = value.name.lower()
-    if "mask" in lowered:
-        return Role("mask", why="named so")
     uses = list(_reached(index, value.name))
     if "position" in lowered:
         high = _index_high(index, uses)
@@ -369,9 +370,16 @@ class InputSet(dict):
         parts = []
         for name, item in self.describe().items():
             shape = "x".join(str(s) for s in item["shape"]) or "scalar"
-            span = f" in [{item['min']:.4g}, {item['max']:.4g}]" if item["min"] is not None else ""
+            span = ""
+            if item["min"] is not None:
+                low, high = (_number(item[k], item["dtype"]) for k in ("min", "max"))
+                span = f" in [{low}, {high}]"
             parts.append(f"{name} {shape} {item['dtype']}{span} ({item['how']})")
         return f"inputs ({self.label}): " + ", ".join(parts)
+
+
+def _number(value: float, dtype: str) -> str:
+    return str(int(value)) if "int" in dtype else f"{value:.4g}"
 
 
 def as_input_set(inputs: Mapping[str, np.ndarray]) -> InputSet:

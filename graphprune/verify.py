@@ -6,6 +6,18 @@ model on the same inputs. Removed channels are still computed in the masked mode
 nothing, so every output must match the pruned model to fp32 round-off. A wrong group, a
 missed consumer, a stale shape constant or a misplaced slice shows up as a mismatch.
 
+Every check, the oracle's and `verify`'s, compares with one comparator (`compare`): per
+output, |actual - reference| <= rtol |reference| + atol * max |reference| everywhere (the
+tolerance follows the output's own magnitude at every scale: logits of 1e-7 are judged as
+strictly as logits of 10), cosine >= 1 - max(1e-4, rtol), and for classifier- and LM-shaped
+outputs the argmax of every row that tolerance cannot flip. A check has tested something only
+where the reference outputs are alive: finite, not all zero, not constant. Dead outputs are
+reported and not judged; when the inputs were generated (graphprune.inputs) and some output is
+dead, other input sets are tried (image-like [0, 1] and [0, 255], floats x 10, another seed)
+and the one with the most alive outputs kept; when no output is alive at any of them the
+check is INCONCLUSIVE: not passed, so nothing is written, with a hint to give --inputs. Each
+check records the inputs it used (shapes, value ranges, how they were made).
+
 "fp32 round-off" is measured, not assumed, when the fixed tolerance is not enough: deep models
 ending in a peaked softmax amplify summation-order noise past any fixed atol. Then the masked
 model is run again with ORT's graph optimizations off and fully on (the same function, summed
@@ -365,7 +377,8 @@ def compare(
         cosine = _cosine(ref64, got64)
         passed = bool(np.all(diff <= tolerance)) and cosine >= min_cosine and not dead
         check = OutputCheck(name, max_abs, max_rel, passed, scale, cosine=cosine, dead=dead)
-        if ref.ndim >= 2 and ref.shape[-1] >= 2 and np.issubdtype(ref.dtype, np.floating):
+        classes = ref.ndim >= 2 and ref.shape[-1] >= 2 and ref.size
+        if classes and np.issubdtype(ref.dtype, np.floating):
             check.top1, check.top5 = _topk_agreement(ref64, got64)
             check.passed = check.passed and _decided_rows_agree(ref64, got64, tolerance)
         checks.append(check)

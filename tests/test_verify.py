@@ -31,12 +31,32 @@ def test_the_right_rewrite_passes_without_measuring_noise():
     assert checks[1].passed  # CUDA: compared when present, reported as skipped otherwise
 
 
-def test_compare_scales_atol_with_the_output_magnitude_only_above_one():
+def test_compare_scales_atol_with_the_output_magnitude_at_every_scale():
     small = {"y": np.array([1e-3, 0.5], np.float32)}
     assert not compare(small, {"y": small["y"] + 2e-5})[0].passed
     large = {"y": np.array([1e-3, 40.0], np.float32)}
     assert compare(large, {"y": large["y"] + np.array([3e-5, 0], np.float32)})[0].passed
     assert not compare(large, {"y": large["y"] + np.array([1e-3, 0], np.float32)})[0].passed
+    # below 1 there is no absolute floor: 1e-6 on logits of 2e-7 is five times the output
+    tiny = {"y": np.array([[1e-7, 2e-7, -1e-7]], np.float32)}
+    assert not compare(tiny, {"y": tiny["y"] + np.float32(1e-6)})[0].passed
+    assert compare(tiny, {"y": tiny["y"] * np.float32(1 + 1e-6)})[0].passed
+
+
+def test_compare_does_not_judge_dead_references():
+    from graphprune.verify import dead_reason
+
+    for dead, why in (
+        (np.zeros((2, 3), np.float32), "all zero"),
+        (np.full((2, 3), 7.0, np.float32), "constant (7.0)"),
+        (np.array([1.0, np.nan], np.float32), "not finite (NaN/inf)"),
+        (np.zeros((0, 3), np.float32), "empty"),
+    ):
+        [check] = compare({"y": dead}, {"y": dead.copy()})
+        assert check.dead == why and not check.passed
+        assert not Check("oracle", "cpu", [check], inconclusive="dead").passed
+    assert dead_reason(np.array([3], np.int64)) == ""  # one class index is data
+    assert dead_reason(np.array([[0.1, 0.2]], np.float32)) == ""
 
 
 def test_a_shape_mismatch_fails():
