@@ -265,7 +265,17 @@ def scratch() -> Path:
 
 
 def remove_scratch() -> None:
-    """Remove this process's scratch folder, if it made one."""
-    folder = _scratch.pop(os.getpid(), None)
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
+    """Remove this process's scratch folder. By name, not only the one `scratch` recorded:
+    a signal can arrive between creating the folder and recording it."""
+    pid = os.getpid()
+    _scratch.pop(pid, None)
+    base = tempfile.gettempdir()
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(_temp_prefix(SCRATCH_TEMP)) and entry.is_dir(
+            follow_symlinks=False
+        ):
+            shutil.rmtree(entry.path, ignore_errors=True)

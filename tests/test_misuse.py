@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -189,8 +192,6 @@ def test_diff_html_on_a_model_is_refused(folder, capsys):
         ("newdir/", [], "is a folder"),
         ("existing", [], "is a folder"),
         ("fifo", [], "a FIFO"),
-        ("/dev/null", [], "a character device"),
-        ("o.onnx", ["--plan-out", "/dev/null"], "a character device"),
     ],
 )
 def test_output_paths_that_cannot_be_written_safely_are_refused(
@@ -206,6 +207,20 @@ def test_output_paths_that_cannot_be_written_safely_are_refused(
     assert message in line
     assert snapshot(folder) == before and not (folder / "newdir").exists()
     assert (folder / "fifo").is_fifo()
+
+
+def test_a_device_as_output_is_refused(folder):
+    """Checked on the function alone: were the check to regress, a run as root would replace
+    /dev/null with a regular file."""
+    from graphprune.errors import BadInput
+    from graphprune.outputs import MODEL_OUTPUT, check_paths
+
+    source = {"the input model": folder / "cnn.onnx"}
+    for outputs in ({MODEL_OUTPUT: "/dev/null"}, {MODEL_OUTPUT: "o.onnx", "--report": "/dev/null"}):
+        with pytest.raises(BadInput, match="/dev/null exists and is not a regular file"):
+            check_paths(outputs, models=source)
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    check_paths({MODEL_OUTPUT: folder / "o.onnx", "--report": folder / "o.html"}, models=source)
 
 
 def test_a_failed_prune_writes_no_output(folder, capsys, monkeypatch):
@@ -345,3 +360,102 @@ def test_verify_diff_and_bench_check_their_values_too(folder, capsys):
         main(["verify", source, source, "--inputs", str(folder / "ok.npz"), "--providers", "cpu"])
         == 0
     )
+
+
+# -- 3. quiet failure paths ------------------------------------------------------------------------
+
+
+def launch(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "graphprune.cli", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(condition, limit: float = 60.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "the child never got there"
+        time.sleep(0.002)
+
+
+def scratch_folders(base: Path, pid: int | None = None) -> list[str]:
+    prefix = f"graphprune-{pid}-" if pid else "graphprune-"
+    return [n for n in os.listdir(base) if n.startswith(prefix)]
+
+
+def test_a_closed_stdout_ends_quietly_with_the_commands_code(folder):
+    """`graphprune inspect m.onnx | head -n 1`: the reader is gone before anything is printed."""
+    child = launch(["inspect", str(folder / "cnn.onnx")], folder)
+    child.stdout.close()  # no reader left: every write to stdout fails with EPIPE
+    assert child.wait(60) == 0
+    assert child.stderr.read() == ""  # no "BrokenPipeError", no "Exception ignored"
+
+
+def test_ctrl_c_during_the_imports_at_start_up_is_one_line(folder):
+    child = launch(["inspect", str(folder / "cnn.onnx")], folder)
+
+    def importing_numpy() -> bool:  # main runs: it imports numpy after installing its handlers
+        try:
+            return "numpy" in Path(f"/proc/{child.pid}/maps").read_text()
+        except OSError:
+            return False
+
+    wait_for(importing_numpy)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert (child.returncode, err, out) == (130, "graphprune: interrupted\n", "")
+
+
+def test_sigterm_mid_run_is_one_line_and_leaves_no_file(folder):
+    """SIGTERM while the oracle runs: exit 143, one line, the error document for --json, and
+    neither the scratch folder nor anything in the output folder left (Ctrl-C takes the same
+    path: KeyboardInterrupt instead of Terminated)."""
+    system_tmp, out = folder / "system-tmp", folder / "out"
+    system_tmp.mkdir()
+    out.mkdir()
+    argv = ["prune", str(folder / "cnn.onnx"), str(out / "o.onnx"), "--json", "--providers", "cpu"]
+    child = launch(argv, folder, {"TMPDIR": str(system_tmp)})
+    wait_for(lambda: scratch_folders(system_tmp, child.pid))  # the oracle's sessions begin
+    child.send_signal(signal.SIGTERM)
+    stdout, stderr = child.communicate(timeout=60)
+    assert (child.returncode, stderr) == (143, "graphprune: terminated\n")
+    assert json.loads(stdout) == {"error": "terminated", "exit": 143}
+    assert scratch_folders(system_tmp) == [] and os.listdir(out) == []
+
+
+def test_a_killed_run_leaves_at_most_a_temporary_that_the_next_run_removes(folder, monkeypatch):
+    system_tmp, out = folder / "system-tmp", folder / "out"
+    system_tmp.mkdir()
+    out.mkdir()
+    argv = ["prune", str(folder / "cnn.onnx"), str(out / "o.onnx"), "--providers", "cpu"]
+    child = launch(argv, folder, {"TMPDIR": str(system_tmp)})
+    wait_for(lambda: scratch_folders(system_tmp, child.pid))
+    child.kill()  # SIGKILL: nothing runs after it
+    child.communicate(timeout=60)
+    left = scratch_folders(system_tmp)
+    assert len(left) == 1 and left == scratch_folders(system_tmp, child.pid)
+    assert all(name.startswith(".graphprune-") for name in os.listdir(out))
+    monkeypatch.setattr("tempfile.tempdir", str(system_tmp))
+    assert main([*argv, "--quiet"]) == 0
+    assert os.listdir(out) == ["o.onnx"]
+    assert scratch_folders(system_tmp) == []  # the killed run's scratch went too
+
+
+def test_json_errors_are_a_document_on_stdout_as_well(folder, capsys):
+    assert main(["inspect", str(folder / "missing.onnx"), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {
+        "error": captured.err.strip()[len("graphprune: error: ") :],
+        "exit": 2,
+    }
+    with pytest.raises(SystemExit):
+        main(["prune", str(folder / "cnn.onnx"), str(folder / "o.onnx"), "--seed", "-1", "--json"])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["exit"] == 2 and len(captured.err.splitlines()) == 1
+    assert main(["inspect", str(folder / "cnn.onnx"), "--json"]) == 0
+    assert "error" not in json.loads(capsys.readouterr().out)
