@@ -444,12 +444,17 @@ def snapshot() -> tuple[Path, str]:
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
     folder = CACHE / "src" / head
-    if not (folder / "graphprune").exists():
+    if not (folder / "graphprune" / "passes").exists():
         folder.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(
-            ["git", "archive", "HEAD", "graphprune"], cwd=ROOT, capture_output=True, check=True
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+        # pyproject maps the package graphprune.passes to the folder passes/
+        for tree, rename in (
+            ("graphprune", []),
+            ("passes", ["--transform", "s,^passes,graphprune/passes,"]),
+        ):
+            archive = subprocess.run(
+                ["git", "archive", "HEAD", tree], cwd=ROOT, capture_output=True, check=True
+            ).stdout
+            subprocess.run(["tar", "-x", *rename, "-C", str(folder)], input=archive, check=True)
     return folder, f"{head} (committed sources)"
 
 
