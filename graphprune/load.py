@@ -33,12 +33,20 @@ def load(path: str | os.PathLike) -> onnx.ModelProto:
 def load_sized(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
     """`load`, and the bytes the model occupies on disk, external data files included."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        present, regular = path.exists(), path.is_file()
+    except (OSError, ValueError) as err:  # a NUL byte or a name too long
+        raise BadInput(f"cannot use {str(path)[:80]!r} as a model path ({err})") from None
+    if not present:
         raise BadInput(f"no such model file: {path}")
+    if not regular:
+        raise BadInput(f"{path} is not a regular file")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError) as err:
         raise BadInput(f"{path} is not a valid ONNX model ({_first_line(err)})") from None
+    except OSError as err:
+        raise BadInput(f"cannot read {path}: {err.strerror or err}") from None
     if not model.HasField("graph") or not model.graph.node:
         raise BadInput(f"{path} is not a valid ONNX model (no graph or no nodes)")
     _check_opset(model, path)
@@ -78,7 +86,10 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
     tensors = list(_external_tensors(model))
     files = {(base / validate.external_entries(t)["location"]).resolve() for t in tensors}
     if tensors:
-        onnx.external_data_helper.load_external_data_for_model(model, str(base))
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(base))
+        except (OSError, ValueError, onnx.checker.ValidationError) as err:  # onnx's own checks
+            raise BadInput(f"{path}: cannot read its external data ({_first_line(err)})") from None
         validate.check_finite(model, path, {t.name for t in tensors})
     return files
 

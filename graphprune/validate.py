@@ -260,13 +260,23 @@ def _check_external(tensor: TensorProto, where: str, path: Path, expected: int) 
     info = external_entries(tensor)
     location = info.get("location", "")
     base = path.parent.resolve()
-    target = (base / location).resolve()
+    try:
+        target = (base / location).resolve()
+        regular = target.is_file()
+        present = regular or target.exists()
+    except (OSError, ValueError, RuntimeError) as err:  # NUL byte, name too long, link loop
+        raise BadInput(
+            f"{path}: external data location of {where} cannot be used: {location[:80]!r} "
+            f"({getattr(err, 'strerror', None) or err})"
+        ) from None
     if not location or os.path.isabs(location) or not target.is_relative_to(base):
         raise BadInput(
             f"{path}: external data of {where} points outside the model's folder: {location!r}"
         )
-    if not target.is_file():
+    if not present:
         raise BadInput(f"{path}: external data file missing for {where}: {target}")
+    if not regular or location.endswith(("/", os.sep)):
+        raise BadInput(f"{path}: external data of {where} is not a regular file: {location!r}")
     for key in ("offset", "length"):
         if key in info and not DECIMAL.fullmatch(info[key].strip()):
             raise BadInput(

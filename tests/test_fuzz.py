@@ -292,6 +292,7 @@ def external_data(made, rng) -> Files:
         tensor.external_data.add(key="location", value=DATA_NAME)  # no offset: reads from 0
     elif spoil == "location":
         locations = ["../model.onnx.data", "/etc/hostname", "missing.bin", "", MODEL_NAME, "."]
+        locations += ["model.onnx.data/", "a\x00b", "x" * 300, "../" * 40 + "etc/hostname"]
         entries["location"].value = _pick(rng, locations)
     else:
         if spoil not in entries:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import asdict
 
@@ -238,6 +239,10 @@ EXTERNAL_REFUSED = {
     "past_end": ({"offset": "100000"}, "ends at byte 102304, past the end of m.onnx.data"),
     "outside": ({"location": "../m.onnx.data"}, "points outside the model's folder"),
     "missing": ({"location": "other.data"}, "external data file missing"),
+    "folder": ({"location": "."}, "is not a regular file: '.'"),
+    "trailing_slash": ({"location": "m.onnx.data/"}, "is not a regular file: 'm.onnx.data/'"),
+    "nul": ({"location": "m.onnx\x00data"}, "cannot be used: 'm.onnx\\x00data' (embedded null"),
+    "too_long": ({"location": "x" * 5000}, "(File name too long)"),
 }
 
 
@@ -383,3 +388,26 @@ def test_cli_refuses_a_fractional_plan_index_in_one_line(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "groups[0].removed[0] is 0.5" in lines[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link_loop"])
+def test_external_data_that_is_no_regular_file_is_refused(kind, tmp_path):
+    external_model(tmp_path, location="odd")
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "odd")  # reading it would block forever
+    else:
+        os.symlink("odd", tmp_path / "odd")
+    with pytest.raises(BadInput, match=re.escape("initializer 'c2.w'")):
+        loading.load(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("folder", "is not a regular file"), ("fifo", "is not a regular file"), ("nul", "no such")],
+)
+def test_model_path_that_is_no_regular_file_is_refused(name, expected, tmp_path):
+    path = {"folder": tmp_path, "fifo": tmp_path / "m.onnx", "nul": tmp_path / "m\x00.onnx"}[name]
+    if name == "fifo":
+        os.mkfifo(path)  # reading it would block forever
+    with pytest.raises(BadInput, match=expected):
+        loading.load(path)
