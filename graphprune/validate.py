@@ -126,7 +126,7 @@ def _check_sparse(graph: onnx.GraphProto, path: Path) -> None:
         for attribute in node.attribute:
             if attribute.HasField("sparse_tensor") or attribute.sparse_tensors:
                 raise BadInput(
-                    f"{path}: node '{node.name or node.output[0]}' holds a sparse tensor; "
+                    f"{path}: {_node_label(node)} holds a sparse tensor; "
                     "store it as a dense Constant"
                 )
             for sub in [attribute.g] if attribute.HasField("g") else attribute.graphs:
@@ -138,7 +138,7 @@ def _constant_tensors(graph: onnx.GraphProto, where: str) -> Iterator[tuple[Tens
     for tensor in graph.initializer:
         yield tensor, f"initializer '{tensor.name}'"
     for node in graph.node:
-        label = f"node '{node.name or (node.output[0] if node.output else node.op_type)}'"
+        label = _node_label(node)
         for attribute in node.attribute:
             if attribute.HasField("t"):
                 yield attribute.t, f"tensor '{attribute.t.name}' of {label}"
@@ -146,6 +146,10 @@ def _constant_tensors(graph: onnx.GraphProto, where: str) -> Iterator[tuple[Tens
                 yield tensor, f"tensor '{tensor.name}' of {label}"
             for sub in [attribute.g] if attribute.HasField("g") else attribute.graphs:
                 yield from _constant_tensors(sub, f"{where} > {label}")
+
+
+def _node_label(node: onnx.NodeProto) -> str:
+    return f"node '{node.name or (node.output[0] if node.output else node.op_type)}'"
 
 
 def _weight_names(graph: onnx.GraphProto) -> set[str]:
@@ -210,41 +214,38 @@ def _expected_values(data_type: int, count: int) -> int:
 
 
 def _check_values(tensor: TensorProto, where: str, path: Path, weights: set[str]) -> None:
-    """No NaN in a float constant, and no infinity in a weight (see `WEIGHT_READERS`)."""
+    """No NaN in a float constant; an infinity only in a mask (infinities among zeros, read by
+    no op of `WEIGHT_READERS`) or a single-value constant (a fill value or clip bound)."""
     if tensor.data_type not in FLOAT_TYPES or tensor.data_location == TensorProto.EXTERNAL:
         return
-    nan, infinite = _non_finite(tensor)
-    if nan:
+    values = _float_values(tensor)
+    if bool(np.isfinite(values).all()):
+        return
+    if bool(np.isnan(values).any()):
         raise BadInput(f"{path}: {where} contains NaN; a model with NaN weights cannot be pruned")
-    if infinite and tensor.name in weights:
+    finite = values[np.isfinite(values)]
+    is_mask = bool((finite == 0).all()) and tensor.name not in weights
+    if values.size > 1 and not is_mask:
         raise BadInput(f"{path}: weight {where} contains an infinite value")
 
 
-def _non_finite(tensor: TensorProto) -> tuple[bool, bool]:
-    """(has NaN, has ±inf), reading the data as stored without converting the tensor."""
-    if tensor.data_type == TensorProto.BFLOAT16:
-        bits = _bits16(tensor)
-        special = (bits & 0x7F80) == 0x7F80  # exponent all ones: inf (mantissa 0) or NaN
-        mantissa = bits & 0x7F
-        return bool(np.any(special & (mantissa != 0))), bool(np.any(special & (mantissa == 0)))
-    if tensor.data_type == TensorProto.FLOAT16:
-        values = _bits16(tensor).view(np.float16)
-    elif tensor.HasField("raw_data"):
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        values = np.frombuffer(tensor.raw_data, dtype=dtype.newbyteorder("<"))
-    elif tensor.data_type == TensorProto.DOUBLE:
-        values = np.asarray(tensor.double_data, dtype=np.float64)
-    else:
-        values = np.asarray(tensor.float_data, dtype=np.float32)
-    if bool(np.isfinite(values).all()):
-        return False, False
-    return bool(np.isnan(values).any()), bool(np.isinf(values).any())
-
-
-def _bits16(tensor: TensorProto) -> np.ndarray:
+def _float_values(tensor: TensorProto) -> np.ndarray:
+    """The tensor's values as stored (a view of `raw_data` where it is used); bfloat16 widened
+    to float32 by its bits, which keeps NaN and infinities."""
+    if tensor.data_type in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
+        if tensor.HasField("raw_data"):
+            bits = np.frombuffer(tensor.raw_data, dtype="<u2")
+        else:
+            bits = np.asarray(tensor.int32_data, dtype=np.int64).astype(np.uint16)
+        if tensor.data_type == TensorProto.FLOAT16:
+            return bits.view(np.float16)
+        return (bits.astype(np.uint32) << 16).view(np.float32)
     if tensor.HasField("raw_data"):
-        return np.frombuffer(tensor.raw_data, dtype="<u2")
-    return np.asarray(tensor.int32_data, dtype=np.int64).astype(np.uint16)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        return np.frombuffer(tensor.raw_data, dtype=dtype.newbyteorder("<"))
+    if tensor.data_type == TensorProto.DOUBLE:
+        return np.asarray(tensor.double_data, dtype=np.float64)
+    return np.asarray(tensor.float_data, dtype=np.float32)
 
 
 # -- external data ----------------------------------------------------------------------------

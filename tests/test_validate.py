@@ -173,6 +173,21 @@ def test_inf_outside_weights_is_a_legitimate_mask(tmp_path):
         loading.load(path)
 
 
+def test_inf_among_other_values_is_a_broken_bias(tmp_path):
+    """An added tensor whose finite values are not all zero is a bias, not a mask."""
+    bias = weight(4)
+    nodes = [node("MatMul", ["x", "w"], ["h"]), node("Add", ["h", "b"], ["y"])]
+    made = model(nodes, {"x": (2, 4)}, ["y"], {"w": weight(4, 4), "b": bias})
+    path = tmp_path / "bias.onnx"
+    onnx.save(made, path)
+    assert loading.load(path).graph.initializer[1].name == "b"
+    bias[2] = -np.inf
+    made.graph.initializer[1].CopyFrom(numpy_helper.from_array(bias, "b"))
+    onnx.save(made, path)
+    with pytest.raises(BadInput, match="weight initializer 'b' contains an infinite value"):
+        loading.load(path)
+
+
 def test_non_utf8_name_is_refused_with_its_place(tmp_path):
     data = small_cnn().SerializeToString()
     assert data.count(b"r2") > 0
