@@ -6,8 +6,9 @@ up to 9 index past a 2-row table, random masks make every attention row -inf. So
 is first given a *role* by tracing what it reaches, through ops that only move or cast values:
 
 - `index`: integers in [low, high): the rows of the Gather table it indexes (the smallest, when
-  it indexes several; EmbedLayerNormalization's word and segment tables alike), a OneHot depth,
-  the size a Slice bound cuts, 1..64 for a Range limit. Untraced integers keep [0, 10).
+  it indexes several; EmbedLayerNormalization's word and segment tables alike), a OneHot depth
+  (or an Equal with 0..depth-1, jax2tf's one-hot), the size a Slice bound cuts, 1..64 for a
+  Range limit. Untraced integers keep [0, 10).
 - `mask`: ones: named like a mask (float masks too), or reaching Where, Not, And, Or, Xor or
   a Cast to bool.
 - `positions`: 0, 1, 2, ... along the last axis, when named like position ids (OPT and GPT
@@ -158,6 +159,22 @@ def _bound(index: GraphIndex, node: onnx.NodeProto, slot: int) -> tuple[int, str
         return None if size is None else (size + 1, f"bound of a Slice over {size}")
     if op == "Range" and slot == 1:
         return DYNAMIC_DIM + 1, "Range limit"
+    if op == "Equal":  # a one-hot written as x == [0, 1, ..., depth - 1] (jax2tf)
+        other = _constant_behind(index, node.input[1 - slot])
+        if other is not None and other.size > 1 and np.issubdtype(other.dtype, np.integer):
+            return int(other.max()) + 1, f"one-hot: compared with {other.min()}..{other.max()}"
+    return None
+
+
+def _constant_behind(index: GraphIndex, tensor: str) -> np.ndarray | None:
+    """The constant `tensor` copies (through Expand, Reshape, Cast...), or None."""
+    for _ in range(4):
+        if index.is_constant(tensor):
+            return np.asarray(index.constants[tensor])
+        producer = index.producer.get(tensor)
+        if producer is None or index.node(producer).op_type not in VALUE_CARRIERS:
+            return None
+        tensor = index.node(producer).input[0]
     return None
 
 
@@ -390,31 +407,36 @@ def as_input_set(inputs: Mapping[str, np.ndarray]) -> InputSet:
 def default_inputs(
     model: onnx.ModelProto, seed: int = 0, shapes: Mapping[str, tuple[int, ...]] | None = None
 ) -> InputSet:
-    """Inputs for `model` from its graph (see the module docstring), floats N(0, 1), with the
-    other CANDIDATES as alternatives."""
+    """Inputs for `model` from its graph (see the module docstring), floats N(0, 1). Their
+    alternatives: the same with every dynamic size not given set to 1 (an unnamed dynamic
+    axis may be a batch in disguise: an RNN state [2, batch, 128]), then the other CANDIDATES."""
     found = roles(model)
     refuse_selectors(found)
     sized = input_shapes(model, shapes, found=found)
+    small = input_shapes(model, shapes, int_size=1, float_size=1, found=found)
     dtypes = {v.name: input_dtype(v) for v in free_inputs(model)}
     has_floats = any(r.kind == "float" for r in found.values())
 
-    def made(distribution: str, offset: int) -> InputSet:
+    def made(distribution: str, offset: int, sizes: Mapping[str, tuple[int, ...]]) -> InputSet:
         rng = np.random.default_rng(seed + offset)
         floats = FLOAT_DRAWS[distribution]
         arrays = {
-            name: np.asarray(draw(role, name, rng, sized[name], floats)).astype(dtypes[name])
+            name: np.asarray(draw(role, name, rng, sizes[name], floats)).astype(dtypes[name])
             for name, role in found.items()
         }
         how = {name: role.how(distribution) for name, role in found.items()}
         label = f"{distribution} floats, seed {seed + offset}" if has_floats else ""
-        return InputSet(arrays, label or f"seed {seed + offset}", how)
+        label = (label or f"seed {seed + offset}") + (", dynamic sizes 1" if sizes is small else "")
+        return InputSet(arrays, label, how)
 
     def alternatives() -> Iterator[InputSet]:
+        if small != sized:
+            yield made(*CANDIDATES[0], small)
         # without float inputs only the seed can change
         others = CANDIDATES[1:] if has_floats else (("N(0,1)", 1), ("N(0,1)", 2))
         for distribution, offset in others:
-            yield made(distribution, offset)
+            yield made(distribution, offset, sized)
 
-    first = made(*CANDIDATES[0])
+    first = made(*CANDIDATES[0], sized)
     first._alternatives = alternatives
     return first

@@ -247,7 +247,7 @@ def session(
     ResNet-50), and models past the protobuf limit work the same way."""
     options = ort.SessionOptions()
     options.graph_optimization_level = optimization
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: failed runs are reported in our own words
     options.intra_op_num_threads = threads  # 0: onnxruntime's default (one per core)
     providers: list = [PROVIDERS[provider]]
     if provider == "cuda":
@@ -555,22 +555,20 @@ def alive_inputs(
     """(the inputs, `model`'s outputs at them, the labels of every input set run). Generated
     inputs whose outputs are partly dead are followed by their alternatives (image-like
     ranges, scaled floats, other seeds) until one makes every output alive; the set with the
-    most alive outputs is kept, the first of equals. Given inputs are used as they are. A
-    reference that does not run at the first set is bad input (the model or the inputs)."""
+    most alive outputs is kept, the first of equals; a set the model does not run at is
+    passed over (an alternative has other sizes). Given inputs are used as they are. A
+    reference that runs at no set is bad input (the model or the inputs)."""
     first = as_input_set(inputs)
     best: tuple[int, InputSet, dict[str, np.ndarray]] | None = None
     tried: list[str] = []
+    error = None  # why the first set that did not run failed
     for candidate in itertools.chain([first], first.alternatives()):
         try:
             outputs = run(model, candidate, provider)
         except MemoryError:
             raise
         except Exception as err:  # onnxruntime's own error types
-            if best is None:
-                raise BadInput(
-                    f"{what}: the reference model does not run on {provider} at {candidate.label} "
-                    f"inputs: {_first_line(err)}; {INCONCLUSIVE_HINT}"
-                ) from None
+            error = error or f"{candidate.label} inputs: {_first_line(err)}"
             tried.append(f"{candidate.label} (does not run)")
             continue
         tried.append(candidate.label)
@@ -579,7 +577,11 @@ def alive_inputs(
             best = (alive, candidate, outputs)
         if alive == len(outputs):
             break
-    assert best is not None
+    if best is None:
+        raise BadInput(
+            f"{what}: the reference model does not run on {provider} at {error}; "
+            f"{INCONCLUSIVE_HINT} (or sizes with --shape)"
+        )
     return best[1], best[2], tried
 
 

@@ -290,3 +290,49 @@ def test_minus_one_and_zero_declared_sizes_are_dynamic_in_verify_and_prune(size,
     assert "x 1x8 float32" in capsys.readouterr().out
     assert main(["prune", str(path), str(target), "--providers", "cpu", "--ratio", "0.5"]) == 0
     assert target.exists()
+
+
+def test_an_equal_with_0_to_depth_is_a_one_hot_over_the_full_range():
+    """jax2tf writes one_hot(bytes, 257) as bytes[..., None] == [0, 1, ..., 256]."""
+    consts = {"depths": np.arange(257, dtype=np.int32).reshape(1, 1, 257), "w": weight(257, 4)}
+    nodes = [
+        node("Unsqueeze", ["bytes", "last"], ["b3"]),
+        node("Equal", ["b3", "depths"], ["hot"]),
+        node("Cast", ["hot"], ["hotf"], to=TensorProto.FLOAT),
+        node("MatMul", ["hotf", "w"], ["y"]),
+    ]
+    consts["last"] = np.array([2], np.int64)
+    graph = helper.make_graph(
+        nodes,
+        "magika",
+        [helper.make_tensor_value_info("bytes", TensorProto.INT32, [1, 2048])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2048, 4])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    made = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = random_inputs(made)
+    assert feeds["bytes"].min() == 0 and feeds["bytes"].max() == 256
+    assert "one-hot" in feeds.how["bytes"]
+
+
+def state_model() -> onnx.ModelProto:
+    """y = reshape(state, [2, 4]) @ w: the unnamed axis 1 of state [2, ?, 4] must be 1 (an RNN
+    state whose batch axis is not named)."""
+    consts = {"flat": np.array([2, 4], np.int64), "w": weight(4, 4)}
+    nodes = [node("Reshape", ["state", "flat"], ["s2"]), node("MatMul", ["s2", "w"], ["y"])]
+    made = model(nodes, {"state": (2, None, 4)}, {"y": (2, 4)}, consts)
+    made.graph.input[0].type.tensor_type.shape.dim[1].Clear()  # unnamed, unknown
+    return made
+
+
+def test_a_set_that_does_not_run_is_passed_over_for_dynamic_sizes_of_1(tmp_path, capsys):
+    path = tmp_path / "state.onnx"
+    onnx.save(state_model(), path)
+    assert random_inputs(state_model())["state"].shape == (2, 64, 4)
+    assert main(["verify", str(path), str(path), "--providers", "cpu"]) == 0
+    assert "state 2x1x4 float32" in capsys.readouterr().out
+    # sizes given that it cannot run at: one line, exit 2, naming --inputs and --shape
+    assert main(["verify", str(path), str(path), "--shape", "state:2x3x4"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "does not run on cpu" in error and "--inputs" in error and "--shape" in error
+    assert len(error.splitlines()) == 1
