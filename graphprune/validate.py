@@ -91,6 +91,8 @@ def _check_text(message, where: str, path: Path) -> None:
         _check_tensor_text(message, where, path)
         return
     for field, value in message.ListFields():
+        if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+            continue  # numbers and bytes: nothing to decode
         values = list(value) if field.is_repeated else [value]
         for i, item in enumerate(values):
             place = f"{where}.{field.name}" + (f"[{i}]" if field.is_repeated else "")
