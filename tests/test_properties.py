@@ -1,11 +1,16 @@
-"""Property: any random chain of supported blocks, pruned at any share, matches its oracle."""
+"""Properties: any random chain of supported blocks, pruned at any share, matches its oracle; and
+any valid Split/Concat/Gemm/Conv/Reshape graph (pieces of width 1 included) prunes exactly at
+30% and 70% through scoring, allocation, a replayed plan and the rewrite."""
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.graphs import ints, model, node, positive, prune_every_group, weight
+from tests.graphs import ints, model, node, positive, prune_at_ratio, prune_every_group, weight
 
 BLOCKS = ("conv", "depthwise", "grouped", "bn_relu", "residual", "concat", "split", "pool")
 
@@ -118,3 +123,152 @@ def test_random_chains_prune_exactly(data):
     except AssertionError as err:
         if "nothing was prunable" not in str(err):
             raise
+
+
+# -- valid Split / Concat / Gemm / Conv / Reshape graphs, pieces of width 1 included ------------
+#
+# CI runs GRAPHPRUNE_PROPERTY_EXAMPLES (default 40) graphs; a manual run sets it higher:
+#   GRAPHPRUNE_PROPERTY_EXAMPLES=300 pytest -q tests/test_properties.py \
+#       -k valid_graphs --hypothesis-show-statistics
+
+EXAMPLES = int(os.environ.get("GRAPHPRUNE_PROPERTY_EXAMPLES", "40"))
+SIDE = 4  # spatial size of every feature map
+MAP_STEPS = ("conv", "split_paths", "concat_side", "concat_earlier", "residual", "reshape")
+VECTOR_STEPS = ("gemm", "split_paths", "concat_side")
+
+
+class Net:
+    """A random valid graph: feature maps [1, C, 4, 4] first, then optionally vectors [1, C]
+    behind a Flatten, a Reshape or a global pool, every width (pieces too) possibly 1."""
+
+    def __init__(self, draw):
+        self.draw, self.nodes, self.constants, self.count = draw, [], {}, 0
+        self.current, self.width, self.vector = "x", 3, False
+        self.maps: list[tuple[str, int]] = []  # earlier feature maps a Concat may reuse
+
+    def name(self, kind: str) -> str:
+        self.count += 1
+        return f"{kind}{self.count}"
+
+    def layer(self, source: str, c_in: int, c_out: int) -> str:
+        """A Conv (feature maps) or a Gemm (vectors) from `source`, He-scaled."""
+        out = self.name("gemm" if self.vector else "conv")
+        if self.vector:
+            self.constants[f"{out}.w"] = weight(c_in, c_out) / c_in**0.5
+            self.constants[f"{out}.b"] = weight(c_out)
+            self.nodes.append(node("Gemm", [source, f"{out}.w", f"{out}.b"], [out]))
+            return out
+        k = self.draw(st.sampled_from([1, 3]))
+        self.constants[f"{out}.w"] = weight(c_out, c_in, k, k) / (c_in * k * k) ** 0.5
+        self.constants[f"{out}.b"] = weight(c_out)
+        self.nodes.append(node("Conv", [source, f"{out}.w", f"{out}.b"], [out], pads=[k // 2] * 4))
+        self.maps.append((out, c_out))
+        return out
+
+    def width_of_one_or_more(self, most: int = 5) -> int:
+        return self.draw(st.integers(1, most))
+
+    def step(self, kind: str) -> None:
+        getattr(self, kind)()
+
+    def conv(self) -> None:
+        c_out = self.width_of_one_or_more(6)
+        self.current, self.width = self.layer(self.current, self.width, c_out), c_out
+
+    gemm = conv
+
+    def split_paths(self) -> None:
+        """Split into pieces (width >= 1) that take different paths, then Concat them in a
+        drawn order."""
+        if self.width < 2:
+            return self.conv()
+        cuts = sorted(self.draw(st.sets(st.integers(1, self.width - 1), min_size=1, max_size=2)))
+        sizes = np.diff([0, *cuts, self.width])
+        split = self.name("split")
+        pieces = [f"{split}_{k}" for k in range(len(sizes))]
+        self.constants[f"{split}.sizes"] = ints(*sizes)
+        self.nodes.append(node("Split", [self.current, f"{split}.sizes"], pieces, axis=1))
+        ends = []
+        for piece, size in zip(pieces, sizes, strict=True):
+            path = self.draw(st.sampled_from(["same", "relu", "layer"]))
+            if path == "relu":
+                ends.append((self.name("relu"), int(size)))
+                self.nodes.append(node("Relu", [piece], [ends[-1][0]]))
+            elif path == "layer":
+                c_out = self.width_of_one_or_more(4)
+                ends.append((self.layer(piece, int(size), c_out), c_out))
+            else:
+                ends.append((piece, int(size)))
+        order = self.draw(st.permutations(ends))
+        self.join([name for name, _ in order], sum(width for _, width in order))
+
+    def join(self, inputs: list[str], width: int) -> None:
+        out = self.name("cat")
+        self.nodes.append(node("Concat", inputs, [out], axis=1))
+        self.current, self.width = out, width
+        if not self.vector:
+            self.maps.append((out, width))
+
+    def concat_side(self) -> None:
+        side_width = self.width_of_one_or_more(4)
+        side = self.layer(self.current, self.width, side_width)
+        first = self.draw(st.booleans())
+        inputs = [self.current, side] if first else [side, self.current]
+        self.join(inputs, self.width + side_width)
+
+    def concat_earlier(self) -> None:
+        """Concat with a map an earlier Concat may also read (a PAN neck's shared inputs)."""
+        earlier, width = self.draw(st.sampled_from(self.maps)) if self.maps else ("x", 3)
+        self.join([self.current, earlier], self.width + width)
+
+    def residual(self) -> None:
+        branch = self.layer(self.current, self.width, self.width)
+        out = self.name("add")
+        self.nodes.append(node("Add", [self.current, branch], [out]))
+        self.current = out
+
+    def reshape(self) -> None:
+        """[1, C, 4, 4] -> [1, C, 16] -> Relu -> [1, C, 4, 4]: the channel axis is carried and
+        both targets name its size."""
+        flat, back, relu = self.name("flat"), self.name("back"), self.name("relu")
+        self.constants[f"{flat}.shape"] = ints(1, self.width, SIDE * SIDE)
+        self.constants[f"{back}.shape"] = ints(1, self.width, SIDE, SIDE)
+        self.nodes += [
+            node("Reshape", [self.current, f"{flat}.shape"], [flat]),
+            node("Relu", [flat], [relu]),
+            node("Reshape", [relu, f"{back}.shape"], [back]),
+        ]
+        self.current = back
+
+    def to_vector(self) -> None:
+        """Flatten the map (each channel a block of 16 features), or pool it and Reshape."""
+        how = self.draw(st.sampled_from(["flatten", "pool_reshape"]))
+        out = self.name("vec")
+        if how == "flatten":
+            self.nodes.append(node("Flatten", [self.current], [out]))
+            self.width *= SIDE * SIDE
+        else:
+            pooled = self.name("pool")
+            self.constants[f"{out}.shape"] = ints(1, -1)
+            self.nodes += [
+                node("GlobalAveragePool", [self.current], [pooled]),
+                node("Reshape", [pooled, f"{out}.shape"], [out]),
+            ]
+        self.current, self.vector = out, True
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_valid_graphs_with_pieces_of_width_one_prune_exactly_at_30_and_70_percent(data):
+    net = Net(data.draw)
+    net.conv()
+    for kind in data.draw(st.lists(st.sampled_from(MAP_STEPS), min_size=1, max_size=5)):
+        net.step(kind)
+    if data.draw(st.booleans()):
+        net.to_vector()
+        for kind in data.draw(st.lists(st.sampled_from(VECTOR_STEPS), max_size=3)):
+            net.step(kind)
+    net.conv()
+    made = model(net.nodes, {"x": (1, 3, SIDE, SIDE)}, [net.current], net.constants)
+    for ratio in (0.3, 0.7):
+        prune_at_ratio(made, ratio)  # full checker, every space keeps a unit, oracle exact

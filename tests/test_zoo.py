@@ -200,9 +200,12 @@ def test_detector_neck_groups_count_units_over_every_space(name, exporter, tmp_p
     source = export(name, exporter)
     dep = analyze(source).dep
     spread = [g for g in dep.groups if g.n_units > g.anchor_unit_count]
-    assert spread and all(g.prunable for g in spread), [g.blocked for g in spread]
     for group in spread:
         assert group.n_units == len(set().union(*(set(lab) for lab in group.labels.values())))
+        # the heads' outputs concatenated over the levels are the graph output: blocked
+        assert group.prunable or any("is a graph output" in r for r in group.blocked)
+    spread = [g for g in spread if g.prunable]
+    assert len(spread) >= 2
     result = prune(source, tmp_path / "pruned.onnx", ratio=0.5, providers=("cpu",))
     assert result.passed and result.written, [c.line() for c in result.checks]
     pruned = {g.group: g for g in result.plan.groups}
