@@ -358,11 +358,13 @@ class InputSet(dict):
         label: str = "given",
         how: Mapping[str, str] | None = None,
         alternatives: Callable[[], Iterator[InputSet]] | None = None,
+        fallback: bool = False,
     ):
         super().__init__(arrays)
         self.label = label
         self.how = dict(how or {})
         self._alternatives = alternatives
+        self.fallback = fallback  # to try only when no earlier set ran (other sizes)
 
     def alternatives(self) -> Iterator[InputSet]:
         return self._alternatives() if self._alternatives is not None else iter(())
@@ -408,8 +410,9 @@ def default_inputs(
     model: onnx.ModelProto, seed: int = 0, shapes: Mapping[str, tuple[int, ...]] | None = None
 ) -> InputSet:
     """Inputs for `model` from its graph (see the module docstring), floats N(0, 1). Their
-    alternatives: the same with every dynamic size not given set to 1 (an unnamed dynamic
-    axis may be a batch in disguise: an RNN state [2, batch, 128]), then the other CANDIDATES."""
+    alternatives: the same with every dynamic size not given set to 1, a fallback for a model
+    that does not run at the first (an unnamed dynamic axis may be a batch in disguise: an
+    RNN state [2, batch, 128]), then the other CANDIDATES."""
     found = roles(model)
     refuse_selectors(found)
     sized = input_shapes(model, shapes, found=found)
@@ -427,7 +430,7 @@ def default_inputs(
         how = {name: role.how(distribution) for name, role in found.items()}
         label = f"{distribution} floats, seed {seed + offset}" if has_floats else ""
         label = (label or f"seed {seed + offset}") + (", dynamic sizes 1" if sizes is small else "")
-        return InputSet(arrays, label, how)
+        return InputSet(arrays, label, how, fallback=sizes is small)
 
     def alternatives() -> Iterator[InputSet]:
         if small != sized:

@@ -563,6 +563,8 @@ def alive_inputs(
     tried: list[str] = []
     error = None  # why the first set that did not run failed
     for candidate in itertools.chain([first], first.alternatives()):
+        if candidate.fallback and best is not None:
+            continue  # tiny sizes make outputs trivially alive: only for a model that ran at none
         try:
             outputs = run(model, candidate, provider)
         except MemoryError:
