@@ -51,10 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     wants_json = "--json" in argv
     streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
+    sys.stdout, sys.stderr = _reader_may_leave(sys.stdout), _reader_may_leave(sys.stderr)
     try:
         code = _main(argv, wants_json)
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
         return code
     finally:
         outputs.remove_scratch()
@@ -121,6 +122,12 @@ def _quiet_onnxruntime() -> None:
     except ImportError:  # commands that never run a model still work
         return
     onnxruntime.set_default_logger_severity(3)
+
+
+def _reader_may_leave(stream):
+    """`stream` wrapped in _ReaderMayLeave; None (a closed descriptor at start) stays None,
+    which print() already treats as nowhere."""
+    return None if stream is None else _ReaderMayLeave(stream)
 
 
 class _ReaderMayLeave:

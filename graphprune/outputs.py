@@ -52,7 +52,8 @@ def check_paths(
     Each mapping goes from a label ("--plan-out", "the input model") to a path, or None when
     not given. `models` are input models: their external data files are inputs too. The
     output labelled MODEL_OUTPUT also writes `<name>.data` when it is too large for one
-    protobuf, so that path is checked as an output as well."""
+    protobuf, so that path is checked as an output as well. Temporaries that killed runs left
+    in the output folders are removed on the way."""
     read = {label: Path(p) for label, p in (inputs or {}).items() if p is not None}
     for label, path in (models or {}).items():
         if path is None:
@@ -66,6 +67,7 @@ def check_paths(
             continue
         _check_target(label, path)
         written[label] = Path(path)
+        remove_stale(Path(path).parent, OUTPUT_TEMP)  # a killed run's, even if this one fails
         if label == MODEL_OUTPUT:
             written["the output model's external data"] = Path(f"{path}.data")
     for out_label, out_path in written.items():

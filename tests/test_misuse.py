@@ -246,6 +246,22 @@ def test_a_failed_prune_writes_no_output(folder, capsys, monkeypatch):
     assert snapshot(folder) == before
 
 
+def test_a_large_model_is_written_with_its_data_file_and_no_temporary(tmp_path, monkeypatch):
+    """Past the protobuf limit the weights go to `<name>.data` (threshold lowered to 0 here):
+    both files land together and the model reads back whole."""
+    from graphprune import load
+    from graphprune.outputs import write_model
+
+    monkeypatch.setattr(load, "EXTERNAL_DATA_THRESHOLD", 0)
+    original = small_cnn()
+    write_model(original, tmp_path / "o.onnx")
+    assert sorted(os.listdir(tmp_path)) == ["o.onnx", "o.onnx.data"]
+    again = onnx.load(tmp_path / "o.onnx")
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in again.graph.initializer}
+    for tensor in original.graph.initializer:
+        assert np.array_equal(weights[tensor.name], onnx.numpy_helper.to_array(tensor))
+
+
 def test_temporaries_of_dead_runs_are_removed_and_live_ones_kept(folder, capsys, monkeypatch):
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
