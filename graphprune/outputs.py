@@ -28,6 +28,7 @@ from pathlib import Path
 
 from graphprune.errors import BadInput
 
+MODEL_OUTPUT = "the output model"  # the output label whose `<name>.data` is an output too
 OUTPUT_TEMP = ".graphprune-"  # beside an output, while it is written
 SCRATCH_TEMP = "graphprune-"  # in the system temp folder, for the whole run
 # protobuf's encoding of an external-data key: field 1 (tag 0x0a), 8 bytes, "location"
@@ -37,9 +38,6 @@ PathLike = str | os.PathLike
 
 
 # -- checks before anything runs ---------------------------------------------------------------
-
-
-MODEL_OUTPUT = "the output model"
 
 
 def check_paths(
@@ -54,13 +52,12 @@ def check_paths(
     output labelled MODEL_OUTPUT also writes `<name>.data` when it is too large for one
     protobuf, so that path is checked as an output as well. Temporaries that killed runs left
     in the output folders are removed on the way."""
-    read = {label: Path(p) for label, p in (inputs or {}).items() if p is not None}
+    read = [(label, Path(p)) for label, p in (inputs or {}).items() if p is not None]
     for label, path in (models or {}).items():
         if path is None:
             continue
-        read[label] = Path(path)
-        for data_file in external_data_files(path):
-            read[f"the external data file of {label}"] = data_file
+        read.append((label, Path(path)))
+        read += [(f"the external data of {label}", f) for f in external_data_files(path)]
     written: dict[str, Path] = {}
     for label, path in outputs.items():
         if path is None:
@@ -71,7 +68,7 @@ def check_paths(
         if label == MODEL_OUTPUT:
             written["the output model's external data"] = Path(f"{path}.data")
     for out_label, out_path in written.items():
-        for in_label, in_path in read.items():
+        for in_label, in_path in read:
             if _same_file(out_path, in_path):
                 raise BadInput(
                     f"{out_label} {out_path} is {in_label} {in_path}; graphprune never "
@@ -89,6 +86,8 @@ def check_paths(
 
 def _check_target(label: str, path: PathLike) -> None:
     text = os.fspath(path)
+    if "\0" in text or not text:
+        raise BadInput(f"{label} {text!r} is not a usable file name")
     target = Path(text)
     if text.endswith(("/", os.sep)) or target.is_dir():
         raise BadInput(
@@ -127,8 +126,12 @@ def _kind(mode: int) -> str:
 
 def _same_file(first: Path, second: Path) -> bool:
     """The same path once links are resolved, or the same inode (hard links, bind mounts)."""
-    if first.resolve() == second.resolve():
-        return True
+    try:
+        if first.resolve() == second.resolve():
+            return True
+    except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
+        if os.path.abspath(first) == os.path.abspath(second):
+            return True
     try:
         return os.path.samefile(first, second)
     except OSError:  # one of them does not exist yet

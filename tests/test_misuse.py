@@ -169,6 +169,28 @@ def test_output_whose_data_file_is_the_inputs_external_data_is_refused(tmp_path,
     capsys.readouterr()
 
 
+def test_every_external_data_file_of_the_input_is_protected(tmp_path, capsys):
+    """One file per tensor: an output on any of them, the last one too, is refused."""
+    source = tmp_path / "m.onnx"
+    onnx.save(small_cnn(), source, save_as_external_data=True, all_tensors_to_one_file=False,
+              size_threshold=0)  # fmt: skip
+    data_files = sorted(p.name for p in tmp_path.iterdir() if p.name != "m.onnx")
+    assert len(data_files) == 5
+    before = snapshot(tmp_path)
+    for name in data_files:
+        assert str(tmp_path / name) in refused(["prune", str(source), str(tmp_path / name)], capsys)
+    assert snapshot(tmp_path) == before
+
+
+def test_odd_output_names_are_one_line(tmp_path, capsys):
+    source = tmp_path / "cnn.onnx"
+    onnx.save(small_cnn(), source)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert "cannot be examined" in refused(["prune", str(source), str(tmp_path / "loop")], capsys)
+    line = refused(["prune", str(source), "o.onnx", "--plan-out", "p\0.json"], capsys)
+    assert "not a usable file name" in line
+
+
 def test_diff_html_on_a_model_is_refused(folder, capsys):
     source = folder / "cnn.onnx"
     assert main(["prune", str(source), str(folder / "b.onnx"), "--quiet"]) == 0
