@@ -261,11 +261,10 @@ def scratch() -> Path:
     """This process's scratch folder for session models (created on first use, removed at
     exit by `remove_scratch`)."""
     pid = os.getpid()
-    if pid not in _scratch:
+    if pid not in _scratch or not _scratch[pid].is_dir():  # gone: another cleaner took it
         base = tempfile.gettempdir()
         remove_stale(base, SCRATCH_TEMP)
         _scratch[pid] = Path(tempfile.mkdtemp(prefix=_temp_prefix(SCRATCH_TEMP), dir=base))
-        atexit.register(remove_scratch)
     return _scratch[pid]
 
 
@@ -284,3 +283,6 @@ def remove_scratch() -> None:
             follow_symlinks=False
         ):
             shutil.rmtree(entry.path, ignore_errors=True)
+
+
+atexit.register(remove_scratch)  # a no-op in a process that never made one
