@@ -4,6 +4,7 @@ with or without the fp32-noise judgement."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from graphprune.passes.slice_channels import slice_channels
 
 from graphprune.verify import Check, OutputCheck, compare, oracle, random_inputs
@@ -41,6 +42,19 @@ def test_compare_scales_atol_with_the_output_magnitude_at_every_scale():
     tiny = {"y": np.array([[1e-7, 2e-7, -1e-7]], np.float32)}
     assert not compare(tiny, {"y": tiny["y"] + np.float32(1e-6)})[0].passed
     assert compare(tiny, {"y": tiny["y"] * np.float32(1 + 1e-6)})[0].passed
+
+
+def test_cosine_and_top1_hold_under_tolerances_loosened_by_hand():
+    logits = {"y": np.array([[10.0, 9.5, 1.0]] + [[3.0, 0.0, -3.0]] * 200, np.float32)}
+    negated = {"y": -logits["y"]}
+    [check] = compare(logits, negated, rtol=0, atol=2.0)  # elementwise: |d| <= 2 * scale
+    assert not check.passed and check.cosine == pytest.approx(-1.0)
+    swapped = {"y": logits["y"].copy()}
+    swapped["y"][0, :2] = [9.5, 10.0]  # row 0's top two trade places, within rtol 6%
+    [check] = compare(logits, swapped, rtol=0.06, atol=0)
+    assert check.cosine > 1 - 1e-4 and check.top1 == pytest.approx(200 / 201)
+    assert not check.passed
+    assert compare(logits, logits, rtol=0.06, atol=0)[0].passed
 
 
 def test_compare_does_not_judge_dead_references():
