@@ -336,3 +336,18 @@ def test_a_set_that_does_not_run_is_passed_over_for_dynamic_sizes_of_1(tmp_path,
     error = capsys.readouterr().err.strip()
     assert "does not run on cpu" in error and "--inputs" in error and "--shape" in error
     assert len(error.splitlines()) == 1
+
+
+def test_a_slice_end_stays_within_the_axis_it_cuts():
+    consts = {"table": weight(12, 4), "zero": np.array([0], np.int64)}
+    nodes = [node("Slice", ["table", "zero", "end"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "slice",
+        [helper.make_tensor_value_info("end", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    made = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ends = np.concatenate([random_inputs(made, seed)["end"] for seed in range(40)])
+    assert ends.min() >= 1 and ends.max() <= 12 and len(set(ends)) > 6
