@@ -382,8 +382,38 @@ def _check_with_onnx(model: onnx.ModelProto, path: Path) -> None:
     try:
         onnx.checker.check_model(skeleton)
     except Exception as err:  # ValidationError, or C++ errors of other types for odd protos
-        text = " ".join(str(err).split()) or type(err).__name__
-        raise BadInput(f"{path} is not a valid ONNX model: {text[:300]}") from None
+        raise BadInput(f"{path} is not a valid ONNX model: {_one_line(err)}") from None
+    _check_declared_outputs(skeleton, path)
+
+
+# Strict inference's words for a declared type that contradicts the graph.
+CONTRADICTIONS = ("existing shape differ", "existing elem type", "existing type")
+
+
+def _check_declared_outputs(skeleton: onnx.ModelProto, path: Path) -> None:
+    """Declared graph outputs agree with what the graph computes: a static size or type that
+    contradicts inference fails onnx's full check on every model written from this one.
+
+    Only the declarations are compared: the exporter's value_info is dropped (it is recomputed
+    on the way anyway), input dims -1 and 0 count as dynamic, and inference failing for any
+    other reason (ops it does not know, its own gaps) is left to the later fallbacks."""
+    del skeleton.graph.value_info[:]
+    for value in skeleton.graph.input:
+        for i, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value <= 0:
+                dim.dim_param = f"{value.name}_dynamic_{i}"
+    try:
+        onnx.shape_inference.infer_shapes(skeleton, strict_mode=True)
+    except Exception as err:  # InferenceError, or C++ errors of other types
+        if any(words in str(err) for words in CONTRADICTIONS):
+            words = str(err).replace("[ShapeInferenceError]", "").replace("Inference error(s):", "")
+            raise BadInput(
+                f"{path}: a declared graph output contradicts the graph: {_one_line(words)}"
+            ) from None
+
+
+def _one_line(err: BaseException | str, limit: int = 300) -> str:
+    return (" ".join(str(err).split()) or type(err).__name__)[:limit]
 
 
 def _external_as_inputs(model: onnx.ModelProto) -> None:

@@ -76,9 +76,9 @@ def initializer_dim_huge(made):
     tensor(made, "c1.b").dims[0] = 2**40
 
 
-def input_dim(size):
+def input_dim(size, axis=2):
     def mutate(made):
-        made.graph.input[0].type.tensor_type.shape.dim[2].dim_value = size
+        made.graph.input[0].type.tensor_type.shape.dim[axis].dim_value = size
 
     return mutate
 
@@ -122,6 +122,10 @@ REFUSED = {
     "input_dim_negative": (input_dim(-5), "graph input 'x' has dim -5"),
     "input_dim_past_int32": (input_dim(2**31), f"graph input 'x' has dim {2**31}"),
     "input_too_large": (input_dims_too_large, "graph input 'x' would take"),
+    "output_contradicts": (
+        input_dim(2, axis=0),
+        "contradicts the graph: (op_type:MatMul, node name: y): Inferred shape",
+    ),
     "sparse": (sparse_initializer, "sparse initializer 'sp' is not supported"),
     "nan_weight": (weight_value("c2.w", np.nan), "initializer 'c2.w' contains NaN"),
     "inf_weight": (weight_value("c2.w", np.inf), "weight initializer 'c2.w' contains an inf"),
@@ -144,12 +148,12 @@ def test_malformed_model_is_refused_naming_file_and_tensor(case, tmp_path):
     assert "\n" not in str(refused.value)
 
 
-@pytest.mark.parametrize("size", [-1, 0, 4096])
-def test_dynamic_and_large_but_sane_input_dims_load(size, tmp_path):
-    """-1 and 0 mean dynamic in paddle2onnx and VAD exports; the unmodified model loads too, so
-    the refusals above come from the mutation alone."""
+@pytest.mark.parametrize("size, axis", [(-1, 2), (0, 2), (4096, 2), (-1, 0), (0, 0)])
+def test_dynamic_and_large_but_sane_input_dims_load(size, axis, tmp_path):
+    """-1 and 0 mean dynamic in paddle2onnx and VAD exports (also against a static declared
+    output); the unmodified model loads too, so the refusals above come from the mutation."""
     made = small_cnn()
-    input_dim(size)(made)
+    input_dim(size, axis)(made)
     path = tmp_path / "m.onnx"
     path.write_bytes(made.SerializeToString())
     assert len(loading.load(path).graph.node) == len(made.graph.node)
