@@ -31,7 +31,7 @@ from tests.graphs import ints, model, node, weight
 from tests.test_cli import small_cnn
 
 SEED = 11
-CI_MUTANTS = 90
+CI_MUTANTS = 84
 ALLOWED_EXITS = {0, 1, 2}
 MODEL_NAME = "model.onnx"
 DATA_NAME = "model.onnx.data"
@@ -496,7 +496,7 @@ def test_fuzzed_models_never_crash_the_cli(tmp_path):
     assert not failures, "\n".join(failures)
 
 
-HANG_SAMPLE = 4
+HANG_SAMPLE = 3
 HANG_TIMEOUT_S = 60
 
 
@@ -528,3 +528,46 @@ def test_mutation_changes_the_model(kind):
     for build in BASES.values():
         made = build()
         assert MUTATIONS[kind](made, rng) != _model_only(build())
+
+
+# -- plans ------------------------------------------------------------------------------------
+
+PLAN_MUTANTS = 15
+
+
+def plan_mutants(plan: bytes, count: int, seed: int = SEED) -> Iterator[bytes]:
+    """Byte flips, truncations and spliced-in JSON values of a valid plan."""
+    rng = np.random.default_rng(seed)
+    values = [b"0.5", b"-1", b"true", b"null", b"[]", b"{}", b'"x"', b"1e999", b"[[[[1]]]]"]
+    for i in range(count):
+        data = bytearray(plan)
+        if i % 3 == 0:
+            for _ in range(int(rng.integers(1, 4))):
+                data[int(rng.integers(len(data)))] ^= 1 << int(rng.integers(8))
+        elif i % 3 == 1:
+            data = data[: int(rng.integers(len(data)))]
+        else:
+            digits = [k for k, byte in enumerate(data) if chr(byte).isdigit()]
+            at = _pick(rng, digits)
+            data[at : at + 1] = _pick(rng, values)
+        yield bytes(data)
+
+
+def test_fuzzed_plans_are_refused_in_one_line_or_replayed(tmp_path):
+    source, plan = tmp_path / MODEL_NAME, tmp_path / "plan.json"
+    source.write_bytes(_reweighted(small_cnn(), np.random.default_rng(SEED)).SerializeToString())
+    code, _ = run_cli(["prune", str(source), str(tmp_path / "p.onnx"), "--plan-out", str(plan)])
+    assert code == 0 and plan.is_file()
+    failures, exits = [], []
+    for i, data in enumerate(plan_mutants(plan.read_bytes(), PLAN_MUTANTS)):
+        mutant = tmp_path / f"plan{i}.json"
+        mutant.write_bytes(data)
+        out = tmp_path / f"out{i}"
+        out.mkdir()
+        code, stderr = run_cli(["prune", str(source), str(out / "p.onnx"), "--plan", str(mutant)])
+        exits.append(code)
+        stray = [p.name for p in out.iterdir() if code != 0]
+        if code not in ALLOWED_EXITS or len(stderr.strip().splitlines()) > 1 or stray:
+            failures.append(f"plan mutant {i} ({data[:60]!r}...): exit {code} {stderr[:300]}")
+    assert not failures, "\n".join(failures)
+    assert exits.count(2) >= PLAN_MUTANTS // 2  # most mutants are refused, not silently replayed
