@@ -691,14 +691,18 @@ def _compensation_line(moved: dict) -> str:
 
 def _run_inspect(args: argparse.Namespace) -> int:
     from graphprune.pipeline import analyze
+    from graphprune.report import params_text
 
     analysis = analyze(args.input)
     report = inspect_report(analysis)
     if args.json:
         print(json.dumps(report, indent=1))
         return EXIT_OK
+    params = params_text(
+        report["params"], report["params_by_dtype"], report["params_in_subgraphs"]
+    )
     print(
-        f"{args.input}: {report['params']:,} parameters, {len(report['groups'])} groups, "
+        f"{args.input}: {params}, {len(report['groups'])} groups, "
         f"{report['prunable_groups']} prunable, "
         f"{report['prunable_params_share']:.1%} of parameters prunable"
     )
@@ -788,15 +792,19 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 def inspect_report(analysis) -> dict:
     """What `inspect` shows, as plain data."""
-    dep, index = analysis.dep, analysis.dep.index
-    constants = index.constants
-    float_constants = {name: constants.size(name) for name in constants if constants.is_float(name)}
+    from graphprune.report import count_params
+
+    dep, constants = analysis.dep, analysis.dep.index.constants
+    # the share is taken on the analysed (prepared) graph, whose tensor names the groups use,
+    # with the same notion of a parameter as the counts of the model as loaded
+    work = count_params(analysis.work)
     prunable_tensors = {s.tensor for g in dep.groups if g.prunable for s in g.roles}
-    total = sum(float_constants.values())
-    prunable = sum(n for name, n in float_constants.items() if name in prunable_tensors)
+    prunable = sum(constants.size(name) for name in work.counted & prunable_tensors)
     return {
-        "params": total,
-        "prunable_params_share": prunable / total if total else 0.0,
+        "params": analysis.original.params,
+        "params_by_dtype": analysis.original.params_by_dtype,
+        "params_in_subgraphs": analysis.original.params_in_subgraphs,
+        "prunable_params_share": prunable / work.total if work.total else 0.0,
         "prunable_groups": sum(g.prunable for g in dep.groups),
         "groups": [
             {

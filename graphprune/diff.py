@@ -75,7 +75,15 @@ import onnx
 from graphprune.graph import Dim, GraphIndex, all_inputs, attribute
 from graphprune.load import infer_shapes, load_sized
 from graphprune.prepare import prepare
-from graphprune.report import node_macs, sized_skeleton, summarize
+from graphprune.report import (
+    FLOAT_TYPES,
+    INTEGER_TYPES,
+    NON_PARAMETER_INPUTS,
+    node_macs,
+    params_text,
+    sized_skeleton,
+    summarize,
+)
 from graphprune.verify import random_inputs
 
 FORMAT = "graphprune.diff/1"
@@ -209,6 +217,11 @@ class DiffReport:
         if self.latency:
             x, y = self.latency["before_ms"], self.latency["after_ms"]
             lines.append(f"{'latency ms':<12}{x:>16.3f}{y:>16.3f}{_ratio_text(x, y):>8}")
+        for side, counts in (("A", a), ("B", b)):
+            text = params_text(
+                counts["params"], counts["params_by_dtype"], counts["params_in_subgraphs"]
+            )
+            lines.append(f"{side}: {text}")
         lines.append(self.matching["summary"])
         if self.signatures["differ"]:
             lines.append("graph inputs/outputs differ (see the JSON or HTML report)")
@@ -337,6 +350,8 @@ def _side(path: str | Path, input_shapes: Mapping[str, tuple[int, ...]] | None) 
         )
     summary = {
         "params": counted.params,
+        "params_by_dtype": counted.params_by_dtype,
+        "params_in_subgraphs": counted.params_in_subgraphs,
         "macs": int(sum(by_op.values())),
         "macs_by_op": {op: int(n) for op, n in sorted(by_op.items())},
         "macs_complete": unknown == 0,
@@ -513,9 +528,13 @@ def _static(node: onnx.NodeProto, shapes: Mapping) -> bool:
 
 
 def _params(node: onnx.NodeProto, roots: Mapping[str, str], index: GraphIndex) -> int:
-    """Float parameters the node reads (each constant once)."""
-    read = {roots[n] for n in node.input if n in roots}
-    return int(sum(index.constants.size(r) for r in read if index.constants.is_float(r)))
+    """Parameters the node reads, float or integer (an int8 weight through its
+    DequantizeLinear), each constant once; shape and index operands are not parameters
+    (graphprune.report)."""
+    skipped = NON_PARAMETER_INPUTS.get(node.op_type, ())
+    read = {roots[n] for i, n in enumerate(node.input) if n in roots and i not in skipped}
+    weights = [r for r in read if index.constants.elem_type(r) in FLOAT_TYPES | INTEGER_TYPES]
+    return int(sum(index.constants.size(r) for r in weights))
 
 
 def _operand_shape(name: str, roots: Mapping, shapes: Mapping, index: GraphIndex) -> tuple:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from graphprune.diff import DiffReport
+from graphprune.report import params_text
 
 BEFORE, AFTER = "#94a3b8", "#2563eb"
 STATUS_COLOURS = {
@@ -165,8 +166,15 @@ def _summary_section(data: dict) -> str:
         f'<p class="note">MACs counted at input shapes {shapes or "–"} '
         f"({_e(_bytes(a['bytes']))} → {_e(_bytes(b['bytes']))} on disk, external data "
         f"included).{macs_note}</p>\n"
+        f'<p class="note params-by-dtype">Parameters by dtype: A {_e(_params(a))}; '
+        f"B {_e(_params(b))}.</p>\n"
         f"{_notes(data)}</section>"
     )
+
+
+def _params(side: dict) -> str:
+    """`22,713,600 (int8 21.3M, float32 1.4M)` (graphprune.report.params_text)."""
+    return params_text(side["params"], side["params_by_dtype"], side["params_in_subgraphs"])
 
 
 def _warn_macs() -> str:
