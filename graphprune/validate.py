@@ -386,8 +386,10 @@ def _check_with_onnx(model: onnx.ModelProto, path: Path) -> None:
     _check_declared_outputs(skeleton, path)
 
 
-# Strict inference's words for a declared type that contradicts the graph.
+# Strict inference's words for a declared type that contradicts the graph, and for an input
+# of a type its op does not take (onnxruntime refuses both when it loads the model).
 CONTRADICTIONS = ("existing shape differ", "existing elem type", "existing type")
+TYPE_ERRORS = ("[TypeInferenceError]", "has unsupported type", "bound to different types")
 
 
 def _check_declared_outputs(skeleton: onnx.ModelProto, path: Path) -> None:
@@ -403,10 +405,16 @@ def _check_declared_outputs(skeleton: onnx.ModelProto, path: Path) -> None:
             if dim.HasField("dim_value") and dim.dim_value <= 0:
                 dim.dim_param = f"{value.name}_dynamic_{i}"
     try:
-        onnx.shape_inference.infer_shapes(skeleton, strict_mode=True)
+        onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True)
     except Exception as err:  # InferenceError, or C++ errors of other types
-        if any(words in str(err) for words in CONTRADICTIONS):
-            words = str(err).replace("[ShapeInferenceError]", "").replace("Inference error(s):", "")
+        words = str(err)
+        for tag in ("[TypeInferenceError]", "[ShapeInferenceError]", "Inference error(s):"):
+            words = words.replace(tag, "")
+        if any(clue in str(err) for clue in TYPE_ERRORS):
+            raise BadInput(
+                f"{path}: an op gets a type it does not take: {_one_line(words)}"
+            ) from None
+        if any(clue in str(err) for clue in CONTRADICTIONS):
             raise BadInput(
                 f"{path}: a declared graph output contradicts the graph: {_one_line(words)}"
             ) from None
