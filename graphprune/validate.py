@@ -69,6 +69,7 @@ def check_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     for tensor, where in _constant_tensors(graph, "graph"):
         _check_tensor(tensor, where, path, weights)
     _check_graph_inputs(graph, path)
+    _check_graph_outputs(graph, path)
     _check_node_order(graph, path)
     _check_with_onnx(model, path)
 
@@ -166,7 +167,7 @@ def _weight_names(graph: onnx.GraphProto) -> set[str]:
 
 def _check_tensor(tensor: TensorProto, where: str, path: Path, weights: set[str]) -> None:
     """Known type, non-negative dims, and data whose size the dims and type explain."""
-    if tensor.data_type not in TensorProto.DataType.values() or tensor.data_type == 0:
+    if not _known_type(tensor.data_type):
         raise BadInput(f"{path}: {where} has no valid data type ({tensor.data_type})")
     negative = [d for d in tensor.dims if d < 0]
     if negative:
@@ -304,6 +305,20 @@ def _check_external(tensor: TensorProto, where: str, path: Path, expected: int) 
 # -- graph ------------------------------------------------------------------------------------
 
 
+def _check_graph_outputs(graph: onnx.GraphProto, path: Path) -> None:
+    """Declared output types are real types (onnxruntime refuses type 0 when it loads)."""
+    for value in graph.output:
+        if not value.name:
+            raise BadInput(f"{path}: the graph has an output with an empty name")
+        elem_type = value.type.tensor_type.elem_type
+        if value.type.HasField("tensor_type") and not _known_type(elem_type):
+            raise BadInput(f"{path}: graph output '{value.name}' has no valid type ({elem_type})")
+
+
+def _known_type(data_type: int) -> bool:
+    return data_type != TensorProto.UNDEFINED and data_type in TensorProto.DataType.values()
+
+
 def _check_graph_inputs(graph: onnx.GraphProto, path: Path) -> None:
     """Names present and unique; dims -1 and 0 are dynamic (paddle2onnx and VAD exports write
     them so), other negatives and sizes that no memory holds are refused."""
@@ -316,7 +331,7 @@ def _check_graph_inputs(graph: onnx.GraphProto, path: Path) -> None:
         if not value.type.HasField("tensor_type"):
             continue
         tensor_type = value.type.tensor_type
-        if tensor_type.elem_type not in TensorProto.DataType.values() or not tensor_type.elem_type:
+        if not _known_type(tensor_type.elem_type):
             raise BadInput(
                 f"{path}: graph input '{value.name}' has no valid type ({tensor_type.elem_type})"
             )
@@ -389,7 +404,12 @@ def _check_with_onnx(model: onnx.ModelProto, path: Path) -> None:
 # Strict inference's words for a declared type that contradicts the graph, and for an input
 # of a type its op does not take (onnxruntime refuses both when it loads the model).
 CONTRADICTIONS = ("existing shape differ", "existing elem type", "existing type")
-TYPE_ERRORS = ("[TypeInferenceError]", "has unsupported type", "bound to different types")
+TYPE_ERRORS = (
+    "[TypeInferenceError]",
+    "has unsupported type",
+    "has inconsistent type",
+    "bound to different types",
+)
 
 
 def _check_declared_outputs(skeleton: onnx.ModelProto, path: Path) -> None:

@@ -62,6 +62,10 @@ def dtype_of_same_width(made):
     tensor(made, "c1.b").data_type = TensorProto.INT32  # 4 bytes as float32: sizes agree
 
 
+def output_type_undefined(made):
+    made.graph.output[0].type.tensor_type.elem_type = TensorProto.UNDEFINED
+
+
 def raw_data_short(made):
     tensor(made, "c1.b").raw_data = tensor(made, "c1.b").raw_data[:-4]
 
@@ -120,6 +124,7 @@ REFUSED = {
     "dtype_undefined": (dtype_undefined, "initializer 'c1.b' has no valid data type (0)"),
     "dtype_unknown": (dtype_unknown, "initializer 'c1.b' has no valid data type (99)"),
     "op_type_mismatch": (dtype_of_same_width, "an op gets a type it does not take: (op_type:Conv"),
+    "output_type": (output_type_undefined, "graph output 'y' has no valid type (0)"),
     "raw_data_short": (raw_data_short, "'c1.b' holds 28 bytes of data, its dims [8]"),
     "typed_field_short": (typed_field_short, "'c1.b' holds 7 values, its dims [8]"),
     "dim_negative": (initializer_dim_negative, "'c1.b' has a negative dim -8"),
