@@ -71,6 +71,7 @@ from graphprune.inputs import (
 )
 from graphprune.ops import Role
 from graphprune.progress import progress
+from graphprune.values import check_values
 
 __all__ = ["DYNAMIC_DIM", "InputSet"]  # re-exported: callers read them from here
 
@@ -817,6 +818,7 @@ def verify(
     float64); with both providers available, also `b` on CPU against `b` on CUDA. fp16 models
     default to rtol 1e-2, atol 1e-3 (fp32: 1e-4, 1e-5)."""
     model_a, model_b = loading.load(a), loading.load(b)
+    check_values(free_inputs(model_a), input_shapes, inputs)  # before any session runs
     feeds = (
         as_input_set(inputs) if inputs is not None else random_inputs(model_a, seed, input_shapes)
     )

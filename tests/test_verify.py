@@ -184,3 +184,17 @@ def test_a_pruned_model_that_does_not_run_fails_the_oracle_instead_of_raising():
     [check] = oracle(work, broken, dep, removals, random_inputs(work, 0), ("cpu",))
     assert not check.passed
     assert check.line().startswith("FAILED") and "'*'" in check.line()
+
+
+def test_verify_api_refuses_a_shape_for_an_input_the_model_does_not_have(tmp_path):
+    """Python callers get the CLI's value checks, before any session runs."""
+    import onnx
+
+    from graphprune.errors import BadInput
+    from graphprune.verify import verify
+
+    path = tmp_path / "m.onnx"
+    onnx.save(small_cnn(), str(path))
+    assert verify(path, path, ("cpu",)).passed
+    with pytest.raises(BadInput, match="nope"):
+        verify(path, path, ("cpu",), input_shapes={"nope": (1, 3, 8, 8)})
