@@ -37,7 +37,7 @@ from graphprune.moe import (
     find_layers,
 )
 from graphprune.ops import Role
-from graphprune.pipeline import _check_paths, analyze, analyze_model
+from graphprune.pipeline import _check_paths, analyze, analyze_model, compact
 from graphprune.report import Summary, count_macs, summarize
 from graphprune.verify import (
     ATOL,
@@ -344,7 +344,7 @@ def prune_experts(
     if average_below:
         _average_clusters(work, layers, selection, average_below)
     lap("select")
-    pruned = remove_experts(work, layers, selection.removed)
+    pruned = compact(remove_experts(work, layers, selection.removed), analysis.constant_names)
     lap("rewrite")
     shapes = {name: value.shape for name, value in inputs.items()}
     before = replace(analysis.original, macs=count_macs(work, shapes))
@@ -479,7 +479,9 @@ def _prune_expert_mlp(
         scorer, context = importance("l2"), ScoreContext(analysis.dep.index.constants)
         scores = {g.id: scorer.score(g, context) for g in branch_groups}
         removals = allocate(branch_groups, scores, ratio)
-        model = slice_channels(analysis.work, analysis.dep, removals)
+        model = compact(
+            slice_channels(analysis.work, analysis.dep, removals), analysis.constant_names
+        )
         if verify:
             checks += _named(
                 channel_oracle(
@@ -504,7 +506,9 @@ def _prune_expert_mlp(
         if removed.shape[1]:
             jobs.append((group, layer, removed))
     if jobs:
-        model = prune_expert_channels(analysis.work, jobs, constants)
+        model = compact(
+            prune_expert_channels(analysis.work, jobs, constants), analysis.constant_names
+        )
         if verify:
             reference = zero_expert_channels(analysis.work, jobs, constants)
             what = "stacked expert-MLP zero-then-prune oracle"

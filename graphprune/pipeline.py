@@ -1,5 +1,7 @@
 """The pipeline, stage by stage: load -> prepare -> analyze -> calibrate -> score -> allocate ->
-compensate -> rewrite -> verify -> write. Each stage is one call; `prune` is the whole job.
+compensate -> rewrite -> compact -> verify -> write. Each stage is one call; `prune` is the whole
+job. `compact` takes back what preparation added for analysis only (copies, folded fills), so
+`--ratio 0` writes a file no larger than its input.
 
 Calibration runs only when the criterion or a compensation pass needs data. Compensation
 Updates are computed on the original weights and written into the working model before it is
@@ -14,6 +16,7 @@ import gc
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from math import prod
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +56,8 @@ class Analysis:
     dep: DepGraph
     fingerprint: str
     original: Summary  # parameters, ops and bytes on disk of the model as loaded
+    # names of the main graph's constants as loaded: what `compact` may share or leave alone
+    constant_names: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -84,9 +89,139 @@ def analyze_model(model: onnx.ModelProto, disk_bytes: int | None = None) -> Anal
     """Count, prepare and annotate `model` in place (one copy of the weights in memory), then
     build its dependency graph."""
     counted, graph_hash = summarize(model, disk_bytes, macs=False), fingerprint(model)
+    names = frozenset(constant_names(model))
     work = loading.infer_shapes(prepare(model, in_place=True), in_place=True)
     refine_shapes(work)
-    return Analysis(work, DepGraph.build(work), graph_hash, counted)
+    return Analysis(work, DepGraph.build(work), graph_hash, counted, names)
+
+
+def constant_names(model: onnx.ModelProto) -> set[str]:
+    """Initializers and Constant-node outputs of the main graph."""
+    return {t.name for t in model.graph.initializer} | {
+        n.output[0] for n in model.graph.node if n.op_type == "Constant" and n.output
+    }
+
+
+# a uniform tensor below this many elements is smaller stored than as a ConstantOfShape node
+UNIFORM_MIN_ELEMENTS = 16
+
+
+def compact(model: onnx.ModelProto, original: frozenset[str] | set[str]) -> onnx.ModelProto:
+    """Undo, in place, what preparation added to `model` for analysis only, so that a prune
+    that removes nothing writes a file no larger than its input:
+
+    - a constant the input did not have whose values equal one it had (a vector untied per
+      reader, a private copy of a shared shape constant, an Identity folded into a copy) is
+      dropped and its readers read the original again;
+    - a uniform constant the input did not have (a ConstantOfShape folded into a filled
+      tensor so that rules could slice it) becomes a ConstantOfShape node again.
+
+    Constants of the input model are never touched: their names and sharing stay as given."""
+    graph = model.graph
+    kept = {o.name for o in graph.output} | {i.name for i in graph.input}
+    tensors = {t.name: t for t in graph.initializer}
+    tensors |= {
+        n.output[0]: n.attribute[0].t
+        for n in graph.node
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
+    }
+    added = [t for name, t in tensors.items() if name not in original and name not in kept]
+    renamed = _shared_again(added, tensors, original)
+    _rename_inputs(graph, renamed)
+    dropped = set(renamed)
+    stored = {t.name for t in graph.initializer}
+    uniform = [t for t in added if t.name in stored - dropped and _uniform(t)]
+    for tensor in uniform:
+        fill = _constant_of_shape(model, tensor, tensors)
+        # after the Constant node holding the shape, if one does (folded, the fill's readers
+        # came after it too)
+        producer = next((i for i, n in enumerate(graph.node) if fill.input[0] in n.output), -1)
+        graph.node.insert(producer + 1, fill)
+    dropped |= {t.name for t in uniform}
+    # deleted one by one: rebuilding the list would copy every weight
+    for i in reversed(range(len(graph.initializer))):
+        if graph.initializer[i].name in dropped:
+            del graph.initializer[i]
+    for i in reversed(range(len(graph.node))):
+        node = graph.node[i]
+        if node.op_type == "Constant" and node.output and node.output[0] in renamed:
+            del graph.node[i]
+    return model
+
+
+def _shared_again(
+    added: list[onnx.TensorProto], tensors: Mapping[str, onnx.TensorProto], original
+) -> dict[str, str]:
+    """Added constant name -> the input model's constant with the same type, shape and values."""
+    from onnx import numpy_helper
+
+    internal = [t for t in added if t.data_location != onnx.TensorProto.EXTERNAL]
+    wanted = {(t.data_type, tuple(t.dims)) for t in internal}
+    by_value: dict[tuple, str] = {}
+    for name in sorted(original & tensors.keys()):
+        tensor = tensors[name]
+        key = (tensor.data_type, tuple(tensor.dims))
+        if key in wanted and tensor.data_location != onnx.TensorProto.EXTERNAL:
+            by_value.setdefault((*key, numpy_helper.to_array(tensor).tobytes()), name)
+    renamed = {}
+    for tensor in internal:
+        key = (tensor.data_type, tuple(tensor.dims), numpy_helper.to_array(tensor).tobytes())
+        if key in by_value:
+            renamed[tensor.name] = by_value[key]
+    return renamed
+
+
+def _rename_inputs(graph: onnx.GraphProto, renamed: Mapping[str, str]) -> None:
+    """Every read of a key of `renamed`, in `graph` and the bodies nested in it, reads its
+    value instead."""
+    if not renamed:
+        return
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+        for attr in node.attribute:
+            for body in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                _rename_inputs(body, renamed)
+
+
+def _uniform(tensor: onnx.TensorProto) -> bool:
+    from onnx import numpy_helper
+
+    if (
+        prod(tensor.dims) < UNIFORM_MIN_ELEMENTS
+        or tensor.data_location == onnx.TensorProto.EXTERNAL
+    ):
+        return False
+    values = numpy_helper.to_array(tensor)
+    return bool(np.all(values == values.flat[0]))
+
+
+def _constant_of_shape(
+    model: onnx.ModelProto, tensor: onnx.TensorProto, tensors: Mapping[str, onnx.TensorProto]
+) -> onnx.NodeProto:
+    """ConstantOfShape(shape) -> `tensor.name`; the shape is an int64 constant of `tensors`
+    when one holds it (the one the folded node read), else a new initializer."""
+    from onnx import numpy_helper
+
+    from graphprune.edit import ConstantStore
+
+    values = numpy_helper.to_array(tensor)
+    shape = np.array(values.shape, np.int64)
+    shape_name = next(
+        (
+            name
+            for name, held in tensors.items()
+            if held.data_type == onnx.TensorProto.INT64
+            and tuple(held.dims) == shape.shape
+            and np.array_equal(numpy_helper.to_array(held), shape)
+        ),
+        None,
+    ) or ConstantStore(model).add(f"{tensor.name}_shape", shape)
+    fill = numpy_helper.from_array(values.reshape(-1)[:1].copy(), "value")
+    return onnx.helper.make_node(
+        "ConstantOfShape", [shape_name], [tensor.name], name=f"{tensor.name}_fill", value=fill
+    )
 
 
 def score(
@@ -206,6 +341,7 @@ def prune(
         dense, without = _uncompensated_outputs(analysis, removals, inputs)
         lap("outputs without compensation")
     pruned, new_biases = _rewrite(analysis, removals, update, stats)
+    compact(pruned, analysis.constant_names)
     lap("rewrite")
     after = summarize(pruned, None, shapes)
     if update is not None:
