@@ -99,7 +99,7 @@ def render(args, exits, per_mutation, failures, seconds: float) -> str:
     if failures:
         lines += ["", "Broken promises (first 20):", ""]
         for label, outcome in failures[:20]:
-            message = outcome.stderr.splitlines()[-1][:200] if outcome.stderr else ""
+            message = outcome.stderr.splitlines()[0][:200] if outcome.stderr else ""
             lines.append(f"- `{label}` {outcome.command}: {', '.join(outcome.problems)}: {message}")
     lines.append(END)
     return "\n".join(lines)
