@@ -33,7 +33,7 @@ MAX_INPUT_BYTES = 2**31
 # The checker serializes the model; past this size (weights in Constant nodes) it cannot.
 CHECKER_MAX_BYTES = 1_800_000_000
 # Ops whose constant inputs are multiplied into every output: an infinity there is a broken
-# weight. Elsewhere -inf is a legitimate mask or clip bound, so it is only refused here.
+# weight. Elsewhere -inf is a legitimate additive mask (among zeros) or fill value.
 WEIGHT_READERS = {
     "Conv",
     "ConvTranspose",
@@ -60,7 +60,9 @@ DECIMAL = re.compile(r"[0-9]+")
 def check_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Refuse `model`, read from `path`, with BadInput if onnxruntime or the checker would choke
     on it: undecodable names, bad tensors or external-data entries, a graph that is not in
-    topological order, dangling or duplicated names, absurd input dims, non-finite weights."""
+    topological order, dangling or duplicated names, absurd input dims, non-finite weights,
+    what the checker refuses, op inputs of the wrong type, declared outputs that contradict
+    the graph."""
     path = Path(path)
     _check_text(model, "model", path)
     graph = model.graph
