@@ -1,6 +1,6 @@
 """Plan: which units of which group go, as plain JSON that can be saved, read and replayed.
 
-A group is named by its anchor space (`tensor:axis`), a space that holds every unit; removals
+A group is named by its anchor space (`tensor:axis`), the space holding the most units; removals
 are written as the anchor's indices (for a conv group, the conv's output channel numbers), so a
 plan reads naturally and replays on the same graph without rescoring. When no space holds every
 unit (Concats sharing inputs in a detector's neck), the units the anchor lacks are numbered after

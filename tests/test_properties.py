@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from graphprune.verify import run
 from tests.graphs import ints, model, node, positive, prune_at_ratio, prune_every_group, weight
 
 BLOCKS = ("conv", "depthwise", "grouped", "bn_relu", "residual", "concat", "split", "pool")
@@ -257,6 +258,17 @@ class Net:
         self.current, self.vector = out, True
 
 
+def output_depends_on_input(made) -> bool:
+    """False for the rare graph whose output is constant (a Relu after a 1-wide layer that is
+    negative everywhere): there the oracle rightly says INCONCLUSIVE, not passed."""
+    rng = np.random.default_rng(0)
+    first, second = (
+        run(made, {"x": rng.standard_normal((1, 3, SIDE, SIDE)).astype(np.float32)})
+        for _ in range(2)
+    )
+    return any(not np.array_equal(first[name], second[name]) for name in first)
+
+
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_valid_graphs_with_pieces_of_width_one_prune_exactly_at_30_and_70_percent(data):
@@ -270,5 +282,6 @@ def test_valid_graphs_with_pieces_of_width_one_prune_exactly_at_30_and_70_percen
             net.step(kind)
     net.conv()
     made = model(net.nodes, {"x": (1, 3, SIDE, SIDE)}, [net.current], net.constants)
+    assume(output_depends_on_input(made))
     for ratio in (0.3, 0.7):
         prune_at_ratio(made, ratio)  # full checker, every space keeps a unit, oracle exact
