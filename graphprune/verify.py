@@ -48,8 +48,7 @@ from __future__ import annotations
 
 import itertools
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -268,35 +267,10 @@ def session(
 
 
 def _save_for_session(model: onnx.ModelProto, path: Path) -> None:
-    """Write `model` for onnxruntime to read, graph inputs and outputs declared with size 0
-    written as unknown sizes (see `_zero_sizes_unknown`)."""
-    with _zero_sizes_unknown(model):
-        _write_for_session(model, path)
-
-
-@contextmanager
-def _zero_sizes_unknown(model: onnx.ModelProto) -> Iterator[None]:
-    """Some exporters (VAD models) declare an unknown input size as 0; onnxruntime would then
-    accept nothing but 0 there. Within the block those sizes are unknown; `model` is restored
-    after (a copy of a large model would cost its size again)."""
-    cleared = []
-    for value in (*model.graph.input, *model.graph.output):
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.HasField("dim_value") and dim.dim_value == 0:
-                dim.Clear()
-                cleared.append(dim)
-    try:
-        yield
-    finally:
-        for dim in cleared:
-            dim.dim_value = 0
-
-
-def _write_for_session(model: onnx.ModelProto, path: Path) -> None:
-    """A model past the protobuf limit is written as its structure plus an external data file
-    filled one initializer at a time; `model` itself is not touched (`loading.save` copies the
-    whole model first, and clearing and restoring tensor bytes in place would leave the old
-    bytes in protobuf's arena)."""
+    """Write `model` for onnxruntime to read. A model past the protobuf limit is written as its
+    structure plus an external data file filled one initializer at a time; `model` itself is
+    not touched (`loading.save` copies the whole model first, and clearing and restoring tensor
+    bytes in place would leave the old bytes in protobuf's arena)."""
     if loading.tensor_nbytes(model) <= loading.EXTERNAL_DATA_THRESHOLD:
         path.write_bytes(model.SerializeToString())
         return
@@ -421,8 +395,13 @@ def _decided_rows_agree(reference: np.ndarray, actual: np.ndarray, tolerance) ->
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    norms = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(np.dot(a.ravel(), b.ravel()) / norms) if norms else float(np.array_equal(a, b))
+    """Cosine of the flattened arrays; NaN when either holds a NaN or an infinity (no warning:
+    a non-finite output is reported by the comparison, not on stderr)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        norms = np.linalg.norm(a) * np.linalg.norm(b)
+        if not norms:
+            return float(np.array_equal(a, b))
+        return float(np.dot(a.ravel(), b.ravel()) / norms)
 
 
 def _topk_agreement(reference: np.ndarray, actual: np.ndarray) -> tuple[float, float | None]:

@@ -477,10 +477,7 @@ def test_mutants_are_reproducible():
 
 # Broken promises whose cause lies outside loading and validation, reported to their owners
 # (issue 11): "label command" -> where it comes from. Listed here so the rest stays checked.
-KNOWN_ELSEWHERE = {
-    "cnn/byte_flips/60 prune": "verify.py cosine: RuntimeWarning on non-finite outputs",
-    "attention/input_dims/83 prune": "load.save(check=True) InferenceError after the oracle",
-}
+KNOWN_ELSEWHERE: dict[str, str] = {}
 
 
 def test_fuzzed_models_never_crash_the_cli(tmp_path):
