@@ -257,8 +257,10 @@ def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _public_symbolic(model: onnx.ModelProto, inference) -> onnx.ModelProto:
+    from graphprune.outputs import scratch  # removed at exit and on SIGTERM
+
     cwd = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=scratch()) as tmp:
         os.chdir(tmp)
         try:
             return inference.infer_shapes(model, auto_merge=True) or model
