@@ -47,6 +47,7 @@ model with dynamic axes, at other sizes of them.
 from __future__ import annotations
 
 import itertools
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -601,8 +602,14 @@ def structure_check(
     return check
 
 
+# onnxruntime names the file it was given: ours, a session copy in the scratch folder
+SESSION_FILE = re.compile(r"Load model from \S+ failed:\s*")
+
+
 def _first_line(err: Exception) -> str:
-    message = str(err).strip()
+    """The first line of an error, without the session file's path (it means nothing to the
+    user, whose own path the caller names)."""
+    message = SESSION_FILE.sub("", str(err).strip())
     return (message.splitlines()[0] if message else type(err).__name__)[:300]
 
 

@@ -432,6 +432,8 @@ def check_mutant(mutant: Mutant, workdir: Path) -> list[Outcome]:
             problems.append("traceback")
         if len(stderr.strip().splitlines()) > 1:
             problems.append(f"{len(stderr.strip().splitlines())} lines on stderr")
+        if tempfile.gettempdir() in stderr:
+            problems.append("names a temporary file, not the user's")
         if folder_digest(source) != before:
             problems.append("input changed")
         written = sorted(p.name for p in output.iterdir())
@@ -491,6 +493,15 @@ def test_fuzzed_models_never_crash_the_cli(tmp_path):
                     f"{mutant.label} {outcome.command}: {outcome.problems} {outcome.stderr[:300]}"
                 )
     assert not failures, "\n".join(failures)
+
+
+def test_an_onnxruntime_load_error_in_the_oracle_names_no_temporary_file(tmp_path):
+    """Mutant 459 (Gemm relabelled MatMul) passes the up-front checks and fails onnxruntime's
+    own shape inference when the oracle loads it: exit 2, one line, no session file path."""
+    [mutant] = [m for m in mutants(460) if m.label == "cnn/op_type/459"]
+    prune = next(o for o in check_mutant(mutant, tmp_path) if o.command == "prune")
+    assert prune.exit_code == 2 and "Incompatible dimensions" in prune.stderr
+    assert not prune.problems, prune.problems
 
 
 HANG_SAMPLE = 3
