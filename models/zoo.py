@@ -239,7 +239,7 @@ _ENTRIES = [
         False,
         "YOLOv8 layout at widths 16-128: C2f (Split, bottlenecks, Concat of every piece), "
         "SPPF, PAN neck (Resize + Concat, SPPF and C2f outputs read by two Concats), decoupled "
-        "heads, DFL; one [1, 20, 84] output",
+        "heads, DFL; one [1, 8, 84] output",
         source="written here (models/detectors.py), random init",
     ),
     ZooEntry(
