@@ -216,3 +216,19 @@ def test_detector_neck_groups_count_units_over_every_space(name, exporter, tmp_p
         source, tmp_path / "replayed.onnx", plan=Plan.load(tmp_path / "plan.json"), verify=False
     )
     assert replayed.after.params == result.after.params
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("exporter", ZOO["nhwc_cnn"].exporters)
+def test_nhwc_cnn_groups_are_channels_and_the_last_conv_prunes_through_the_flatten(exporter):
+    """Keras layout: the channels-last Flatten carries the last conv's channels to the Dense
+    layer; no spatial axis forms a group (before: an 8-unit H group, the last conv blocked)."""
+    groups = {g.id: g for g in analyze(export("nhwc_cnn", exporter)).dep.groups}
+    assert set(groups) == {
+        "convs.0.weight:0",
+        "convs.0.weight:1",
+        "convs.1.weight:0",
+        "dense.weight:0",
+    }
+    assert groups["convs.0.weight:0"].prunable and groups["convs.1.weight:0"].prunable
+    assert groups["convs.1.weight:0"].n_units == 32
