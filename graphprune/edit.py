@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -102,34 +100,6 @@ def remove_unused(model: onnx.ModelProto) -> None:
     for i in reversed(range(len(graph.initializer))):
         if graph.initializer[i].name not in used:
             del graph.initializer[i]
-
-
-def retie_unchanged_copies(model: onnx.ModelProto) -> None:
-    """Give readers of a private copy (`NAME_copy`, `NAME_copy_2`, see `private_copy`) back the
-    original when the rewrite left both equal, and delete the copy, in place: untying a shared
-    vector for the analysis must not grow a model whose vector no pruning changed."""
-    tensors = {t.name: t for t in model.graph.initializer}
-    originals = {}
-    for name, tensor in tensors.items():
-        match = re.fullmatch(r"(.+)_copy(_\d+)?", name)
-        source = tensors.get(match.group(1)) if match else None
-        if source is not None and _same_tensor(source, tensor):
-            originals[name] = source.name
-    if not originals:
-        return
-    for node in model.graph.node:
-        for i, name in enumerate(node.input):
-            if name in originals:
-                node.input[i] = originals[name]
-    kept = [t for t in model.graph.initializer if t.name not in originals]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-
-
-def _same_tensor(a: onnx.TensorProto, b: onnx.TensorProto) -> bool:
-    if a.data_type != b.data_type or list(a.dims) != list(b.dims):
-        return False
-    return np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
 
 
 def resize_declared_weights(model: onnx.ModelProto, declared: set[str]) -> None:

@@ -9,10 +9,9 @@ groups is cut on both, the cuts commute), the group's fixes rewrite the attribut
 constants that encode sizes (Conv `group`, Split sizes, Reshape/Expand targets, Slice bounds),
 activations shrink by themselves, stale value_info is dropped, and what became unused (replaced
 shape constants) is deleted in place. Weights that are also declared graph inputs (torch's
-keep_initializers_as_inputs) declare their new shapes, and private copies the analysis made of
-shared vectors go back to the original where both are still equal. No node is added or moved,
-so the order stays valid; an import/export through onnx-graphsurgeon would hold a second copy of
-every weight for nothing.
+keep_initializers_as_inputs) declare their new shapes. No node is added or moved, so the order
+stays valid; an import/export through onnx-graphsurgeon would hold a second copy of every weight
+for nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from graphprune.edit import (
     copy_structure,
     remove_unused,
     resize_declared_weights,
-    retie_unchanged_copies,
 )
 from graphprune.ops import Space
 from graphprune.progress import progress
@@ -52,7 +50,6 @@ def slice_channels(
             pruned.graph.initializer.append(tensor)
     del pruned.graph.value_info[:]  # the analysis's inferred shapes: stale once sizes change
     if not removed_indices:
-        retie_unchanged_copies(pruned)
         return pruned
     store = ConstantStore(pruned)
     initializers = {t.name for t in model.graph.initializer}
@@ -69,7 +66,6 @@ def slice_channels(
     for fix in _fixes(dep, removals):
         fix.apply(pruned, store, size, kept)
     remove_unused(pruned)
-    retie_unchanged_copies(pruned)
     resize_declared_weights(pruned, {v.name for v in model.graph.input} & initializers)
     return pruned
 

@@ -774,22 +774,6 @@ def test_ops_that_mix_channels_block_them(op, attrs, reason):
     assert not group.prunable and any(reason in r for r in group.blocked)
 
 
-def test_a_vector_untied_for_the_analysis_is_shared_again_where_pruning_left_it_alone():
-    """Two convs read one bias (dynamo shares equal constants): the analysis gives each its own
-    copy; at ratio 0, and where only one of them is cut, the model must not grow."""
-    nodes, consts = chain(conv_block("x", "a", 3, 6), conv_block("a", "b", 6, 6))
-    nodes[1].input[2] = "a.b"  # b reads a's bias
-    del consts["b.b"]
-    nodes += [node("Relu", ["b"], ["r"])]
-    made = model(nodes, X, ["r"], consts)
-    pruned, _, removals = prune_at_ratio(made, 0.0)
-    assert not removals
-    assert sorted(t.name for t in pruned.graph.initializer) == ["a.b", "a.w", "b.w"]
-    pruned, _, removals = prune_at_ratio(made, 0.5)
-    assert len(removals) == 1  # a's channels: b's output is the graph output
-    assert sorted(initializer(pruned, name).shape[0] for name in ("a.b", "a.b_copy")) == [3, 6]
-
-
 def test_shared_constant_identity_is_untied_before_analysis():
     """TorchScript deduplicates equal tensors as Identity(first); that must not couple layers."""
     nodes, consts = chain(
