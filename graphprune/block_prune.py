@@ -39,7 +39,14 @@ def prune_blocks(
     _check_paths(source, destination, {"--calib": calib})
     model = loading.load(source)
     blocks = find_blocks(model)
-    if count < 1 or count > len(blocks):
+    if count < 1:
+        raise BadInput(f"--remove-blocks {count} removes nothing: use --ratio 0 to reproduce")
+    if not blocks:
+        raise BadInput(
+            f"--remove-blocks {count} removes nothing: no residual sub-block found (an Add of a "
+            "stream and a branch computed from it through a layer with weights)"
+        )
+    if count > len(blocks):
         raise BadInput(f"--remove-blocks {count}: the model has {len(blocks)} residual sub-blocks")
     data = batches(CalibrationSource.of(calib if calib is not None else "data-free"), model)
     scores = block_importance(model, blocks, list(data))

@@ -79,6 +79,7 @@ from graphprune.report import (
     FLOAT_TYPES,
     INTEGER_TYPES,
     NON_PARAMETER_INPUTS,
+    breakdown_adds,
     node_macs,
     params_text,
     sized_skeleton,
@@ -217,7 +218,7 @@ class DiffReport:
         if self.latency:
             x, y = self.latency["before_ms"], self.latency["after_ms"]
             lines.append(f"{'latency ms':<12}{x:>16.3f}{y:>16.3f}{_ratio_text(x, y):>8}")
-        for side, counts in (("A", a), ("B", b)):
+        for side, counts in (("A", a), ("B", b)) if breakdown_adds(a, b) else ():
             text = params_text(
                 counts["params"], counts["params_by_dtype"], counts["params_in_subgraphs"]
             )

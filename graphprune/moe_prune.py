@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -37,7 +38,7 @@ from graphprune.moe import (
     find_layers,
 )
 from graphprune.ops import Role
-from graphprune.pipeline import _check_paths, analyze, analyze_model, compact
+from graphprune.pipeline import _check_paths, analyze, analyze_model, compact, smallest_ratio
 from graphprune.report import Summary, count_macs, summarize
 from graphprune.verify import (
     ATOL,
@@ -324,7 +325,12 @@ def prune_experts(
     work = analysis.work
     layers = find_layers(analysis.dep)
     if not layers:
-        raise BadInput(f"{source} has no mixture-of-experts layer (router MatMul -> TopK)")
+        barriers = Counter(analysis.dep.missing_rules).most_common(3)
+        raise BadInput(
+            f"{source} has no mixture-of-experts layer (router MatMul -> TopK)"
+            + ("; ops without a rule: " + ", ".join(f"{op} x{n}" for op, n in barriers))
+            * bool(barriers)
+        )
     lap("load+analyze")
     if inputs is None:
         inputs = random_inputs(work, seed, input_shapes)
@@ -340,6 +346,13 @@ def prune_experts(
         lap("calibrate")
     context = ExpertContext(analysis.dep.index.constants, stats, {"stun_lambda": stun_lambda})
     selection = scorer.select(layers, context, expert_ratio)
+    removed_experts = sum(len(units) for units in selection.removed.values())
+    if expert_ratio > 0 and not removed_experts and not expert_mlp_ratio:
+
+        def removes_an_expert(ratio: float) -> bool:
+            return any(len(u) for u in scorer.select(layers, context, ratio).removed.values())
+
+        raise BadInput(no_expert_removed(analysis.dep, layers, expert_ratio, removes_an_expert))
     check_removals(layers, selection.removed)
     if average_below:
         _average_clusters(work, layers, selection, average_below)
@@ -361,6 +374,14 @@ def prune_experts(
         )
         checks += mlp_checks
         lap("expert-mlp")
+        if not mlp_groups:
+            why = (
+                f"--ratio {expert_mlp_ratio:g} (scope expert-mlp) removes nothing: no channel "
+                "group inside an expert is prunable or the ratio rounds to zero channels in each"
+            )
+            if not removed_experts:
+                raise BadInput(why)
+            notes.append(why)
     result = ExpertPruneResult(
         criterion=criterion,
         expert_ratio=expert_ratio,
@@ -379,6 +400,29 @@ def prune_experts(
         result.written = True
     lap("write")
     return result
+
+
+def no_expert_removed(
+    dep: DepGraph, layers: Sequence[MoELayer], ratio: float, removes_an_expert
+) -> str:
+    """One line saying why `ratio` > 0 removes no expert: every layer blocked (the commonest
+    reason, and the ops without a rule), or the ratio rounds to zero experts everywhere (the
+    least ratio that removes one, found with `removes_an_expert`)."""
+    where = f"--expert-ratio {ratio:g} removes nothing ({len(layers)} MoE layers"
+    prunable = [layer for layer in layers if layer.prunable]
+    if not prunable:
+        reasons = Counter(layer.blocked[0] for layer in layers)
+        reason, count = reasons.most_common(1)[0]
+        line = f"{where}): every layer is blocked; most often {reason!r} ({count} of {len(layers)})"
+        barriers = Counter(dep.missing_rules).most_common(3)
+        if barriers:
+            line += "; ops without a rule: " + ", ".join(f"{op} x{n}" for op, n in barriers)
+        return line
+    smallest = smallest_ratio(removes_an_expert)
+    line = f"{where}, {len(prunable)} prunable): the ratio rounds to zero experts in every layer"
+    if smallest is None:
+        return line + "; no ratio below 1 removes one (no layer may go below its top-k)"
+    return line + f"; the smallest ratio that removes an expert is {smallest:g}"
 
 
 def _batches(calib_inputs, inputs: Feeds) -> list[Feeds]:

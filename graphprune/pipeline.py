@@ -13,8 +13,10 @@ dense model, on the oracle's inputs."""
 from __future__ import annotations
 
 import gc
+import math
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from math import prod
 from pathlib import Path
@@ -127,6 +129,7 @@ def compact(model: onnx.ModelProto, original: frozenset[str] | set[str]) -> onnx
     }
     added = [t for name, t in tensors.items() if name not in original and name not in kept]
     renamed = _shared_again(added, tensors, original)
+    renamed = _defined_before(graph, renamed)
     _rename_inputs(graph, renamed)
     dropped = set(renamed)
     stored = {t.name for t in graph.initializer}
@@ -169,6 +172,27 @@ def _shared_again(
         if key in by_value:
             renamed[tensor.name] = by_value[key]
     return renamed
+
+
+def _defined_before(graph: onnx.GraphProto, renamed: Mapping[str, str]) -> dict[str, str]:
+    """The pairs of `renamed` whose target (an initializer, or a Constant node's output) exists
+    before the first node that reads the copy: a Constant node placed after that reader cannot
+    replace it."""
+    from graphprune.graph import all_inputs
+
+    produced_at: dict[str, int] = {}
+    first_read: dict[str, int] = {}
+    for position, node in enumerate(graph.node):
+        for name in node.output:
+            produced_at.setdefault(name, position)
+        for name in all_inputs(node):
+            if name in renamed:
+                first_read.setdefault(name, position)
+    return {
+        copy: target
+        for copy, target in renamed.items()
+        if produced_at.get(target, -1) < first_read.get(copy, len(graph.node))
+    }
 
 
 def _rename_inputs(graph: onnx.GraphProto, renamed: Mapping[str, str]) -> None:
@@ -314,8 +338,15 @@ def prune(
             )
         removals = plan.removals(dep)
         scored = [dep.group(group_id) for group_id in removals]
+        if not removals and plan.ratio > 0:
+            raise BadInput(
+                f"the plan removes nothing although it was made at ratio {plan.ratio:g} "
+                "(no groups); a plan that reproduces the model says ratio 0"
+            )
     else:
         scored = [g for g in in_scope(dep.groups, scopes) if g.prunable]
+        if ratio > 0 and not scored:  # before calibration: nothing could qualify
+            raise BadInput(nothing_removed(dep, scopes, ratio))
     stats = None
     if needs_data:
         data = batches(CalibrationSource.of(calib), analysis.work, input_shapes)
@@ -326,6 +357,12 @@ def prune(
         lap("score")
         costs = {g.id: unit_params(g, dep.index.shapes) for g in scored}
         removals = allocate(scored, scores, ratio, allocation, round_to, costs=costs)
+        if ratio > 0 and not removals:
+
+            def removes_a_unit(r: float) -> bool:
+                return bool(allocate(scored, scores, r, allocation, round_to, costs=costs))
+
+            raise BadInput(nothing_removed(dep, scopes, ratio, smallest_ratio(removes_a_unit)))
         plan = Plan.from_removals(dep, removals, analysis.fingerprint, criterion, ratio, allocation)
     lap("allocate")
     update = _compensate(passes, dep, removals, stats, seed)
@@ -379,6 +416,59 @@ def prune(
     lap("write")
     result.peak_rss_bytes = peak_rss_bytes()
     return result
+
+
+def nothing_removed(
+    dep: DepGraph, scopes: tuple[str, ...], ratio: float, smallest: float | None = None
+) -> str:
+    """One line saying why a prune asked to remove `ratio` of the groups in `scopes` removes
+    nothing: no group in scope, every one blocked (the commonest reason), or the ratio rounds
+    to zero units in every group (`smallest`: the least ratio that removes one, if any);
+    and the ops without a rule, whose barriers most often explain the first two."""
+    considered = in_scope(dep.groups, scopes)
+    prunable = [g for g in considered if g.prunable]
+    where = f"--ratio {ratio:g} removes nothing (scope {','.join(scopes)}"
+    if not considered:
+        kinds = Counter(g.kind for g in dep.groups)
+        found = ", ".join(f"{kind} x{n}" for kind, n in sorted(kinds.items())) or "none"
+        line = f"{where}): no group in scope among the model's {len(dep.groups)} ({found})"
+    elif not prunable:
+        reasons = Counter(g.blocked[0] if g.blocked else "not prunable" for g in considered)
+        reason, count = reasons.most_common(1)[0]
+        line = (
+            f"{where}, {len(considered)} groups): every group is blocked; most often "
+            f"{reason!r} ({count} of {len(considered)})"
+        )
+    else:
+        line = (
+            f"{where}, {len(prunable)} prunable groups): the ratio rounds to zero units in "
+            "every group"
+        )
+        line += (
+            f"; the smallest ratio that removes a unit is {smallest:g}"
+            if smallest is not None
+            else "; no ratio below 1 removes one (every group keeps at least one unit per space)"
+        )
+    barriers = Counter(dep.missing_rules).most_common(3)
+    if barriers and not prunable:
+        line += "; ops without a rule: " + ", ".join(f"{op} x{n}" for op, n in barriers)
+    return line
+
+
+def smallest_ratio(removes_a_unit: Callable[[float], bool], ceiling: float = 0.99) -> float | None:
+    """The least ratio (to 3 decimals) at which `removes_a_unit` holds, by bisection; None
+    when even `ceiling` removes nothing."""
+    if not removes_a_unit(ceiling):
+        return None
+    low, high = 0.0, ceiling
+    for _ in range(20):
+        middle = (low + high) / 2
+        low, high = (low, middle) if removes_a_unit(middle) else (middle, high)
+    # `high` sits just above the threshold: the nearest 3-decimal ratio often is the threshold
+    for rounded in (round(high, 3), math.ceil(high * 1000) / 1000):
+        if removes_a_unit(rounded):
+            return rounded
+    return high
 
 
 def _passes(

@@ -228,9 +228,12 @@ def dtype_name(elem_type: int) -> str:
 
 def params_text(total: int, by_dtype: Mapping[str, int], in_subgraphs: int = 0) -> str:
     """`22,713,600 parameters (int8 21.3M, float32 1.4M)`; one dtype: `1,234 parameters
-    (float32)`; and how many live in If/Loop/Scan bodies when any do."""
+    (float16)`, float32 alone unsaid; and how many live in If/Loop/Scan bodies when any do."""
+    only_float32 = set(by_dtype) <= {"float32"}
     notes = [
-        ", ".join(
+        ""
+        if only_float32 and not in_subgraphs
+        else ", ".join(
             f"{name} {_short(n)}" if len(by_dtype) > 1 else name for name, n in by_dtype.items()
         )
     ]
@@ -238,6 +241,14 @@ def params_text(total: int, by_dtype: Mapping[str, int], in_subgraphs: int = 0) 
         notes.append(f"{in_subgraphs:,} in If/Loop/Scan bodies")
     notes = [note for note in notes if note]
     return f"{total:,} parameters" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def breakdown_adds(*counts: Mapping) -> bool:
+    """Whether the by-dtype breakdown says more than the total: some parameters are not
+    float32, or live in If/Loop/Scan bodies."""
+    return any(
+        set(c["params_by_dtype"]) - {"float32"} or c["params_in_subgraphs"] for c in counts
+    )
 
 
 def _short(n: int) -> str:
@@ -334,7 +345,7 @@ def table(before: Summary, after: Summary) -> str:
     for name, b, a in rows:
         ratio = f"{a / b:.3f}" if b else "-"
         lines.append(f"{name:<12}{b:>16,}{a:>16,}{ratio:>14}")
-    if before.params_by_dtype:
+    if breakdown_adds(before.as_dict(), after.as_dict()):
         lines.append(f"before: {before.params_text()}")
         lines.append(f"after:  {after.params_text()}")
     return "\n".join(lines)
