@@ -184,8 +184,9 @@ def test_ort_quantized_model_counts_its_int8_weights(tmp_path, capsys, static):
 
 def test_prune_and_diff_report_params_by_dtype(tmp_path, capsys):
     _, quantized = ort_quantized(tmp_path, static=True)
-    out = tmp_path / "out.onnx"
-    assert main(["prune", str(quantized), str(out), "--ratio", "0", "--json"]) == 0
+    out, page = tmp_path / "out.onnx", tmp_path / "report.html"
+    argv = ["prune", str(quantized), str(out), "--ratio", "0", "--json", "--report", str(page)]
+    assert main(argv) == 0
     document = json.loads(capsys.readouterr().out)
     validate(document, "prune.schema.json")
     assert document["before"]["params_by_dtype"]["int8"] > 0
@@ -194,6 +195,11 @@ def test_prune_and_diff_report_params_by_dtype(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     validate(report, "diff.schema.json")
     assert report["a"]["params_by_dtype"] == document["before"]["params_by_dtype"]
+    int8 = document["before"]["params_by_dtype"]["int8"]
+    assert f"Parameters by dtype: A {document['before']['params']:,} parameters (int8 " in (
+        page.read_text()
+    )
+    assert 1000 <= int8 < 10**6 and f"(int8 {int8 / 1000:.1f}k, " in page.read_text()
 
 
 def test_prunable_share_uses_the_same_notion_of_parameter(tmp_path, capsys):
