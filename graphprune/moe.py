@@ -25,9 +25,9 @@ the expert axis is traced here with its own rules, on top of the channel depende
    merge's output by its accumulator; everything only the branch used (its MLP weights) dies.
    Kept experts' selector constants are renumbered.
 
-Expert-axis rules (reductions over the axis, softmax along it, zeros_like via Shape) hold only
-under the -inf semantics, which is why they live here and not in the channel table
-(`graphprune.ops`), whose rules promise zero-then-prune equivalence.
+Expert-axis rules (reductions over the axis, an Einsum summing it away, softmax along it,
+zeros_like via Shape) hold only under the -inf semantics, which is why they live here and not in
+the channel table (`graphprune.ops`), whose rules promise zero-then-prune equivalence.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import onnx
 from graphprune.depgraph import DepGraph
 from graphprune.edit import ConstantStore
 from graphprune.graph import GraphIndex, all_inputs, attribute, node_label
-from graphprune.ops import Space
+from graphprune.ops import Space, einsum_labels
 
 ID_PASS_THROUGH = {"Cast", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 EXPERT_REDUCTIONS = {"ReduceSum", "ReduceMax"}  # a removed expert adds 0 / is never the max
@@ -211,6 +211,26 @@ def _expert_axis_op(sink: _Sink, position: int, node: onnx.NodeProto) -> None:
             sink.touch(position, Space(x, axis))
     elif op == "Shape":
         _zeros_like(sink, position, node)
+    elif op == "Einsum":
+        _einsum_sum(sink, position, node)
+
+
+def _einsum_sum(sink: _Sink, position: int, node: onnx.NodeProto) -> None:
+    """An Einsum that sums a label away (`bseh,bse->bsh`: expert outputs times their gates) is
+    a reduction over that axis: a removed expert's gate is 0 under -inf, so its term adds 0.
+    The channel graph links the summed axes; here they are handled."""
+    index = sink.index
+    ranks = [index.rank(name) for name in node.input]
+    equation = attribute(node, "equation", b"")
+    equation = equation.decode() if isinstance(equation, bytes) else str(equation)
+    parsed = einsum_labels(equation, ranks) if None not in ranks else None
+    if parsed is None:
+        return
+    operands, output = parsed
+    for name, labels in zip(node.input, operands, strict=True):
+        for axis, label in enumerate(labels):
+            if label not in output:
+                sink.touch(position, Space(name, axis))
 
 
 def _reduce_axes(index: GraphIndex, node: onnx.NodeProto) -> list[int] | None:

@@ -1310,6 +1310,82 @@ def ms_bias_activation(ctx: RuleContext) -> None:
 # The table
 # ---------------------------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------------------------
+# Einsum
+# ---------------------------------------------------------------------------------------------
+
+ELLIPSIS = "..."
+
+
+def einsum_labels(equation: str, ranks: list[int]) -> tuple[list[list[str]], list[str]] | None:
+    """The label of every axis of every operand and of the output, or None when the equation
+    does not fit the ranks. Ellipsis axes get labels `.0`, `.1`, ... aligned from the right, as
+    numpy broadcasts them; implicit mode (no `->`) outputs the ellipsis, then the letters used
+    once, in alphabetical order."""
+    lhs, arrow, rhs = equation.replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        return None
+    widths = [rank - len(t.replace(ELLIPSIS, "")) for t, rank in zip(terms, ranks, strict=True)]
+    if any(w < 0 or (w and ELLIPSIS not in t) for t, w in zip(terms, widths, strict=True)):
+        return None
+    ellipsis = max((w for t, w in zip(terms, widths, strict=True) if ELLIPSIS in t), default=0)
+
+    def expand(term: str, width: int) -> list[str]:
+        before, _, after = term.partition(ELLIPSIS)
+        dots = [f".{ellipsis - width + i}" for i in range(width)] if ELLIPSIS in term else []
+        return [*before, *dots, *after]
+
+    operands = [expand(t, w) for t, w in zip(terms, widths, strict=True)]
+    if arrow:
+        return operands, expand(rhs, ellipsis)
+    letters = [c for t in terms for c in t.replace(ELLIPSIS, "")]
+    once = sorted(c for c in set(letters) if letters.count(c) == 1)
+    return operands, [f".{i}" for i in range(ellipsis)] + once
+
+
+def einsum(ctx: RuleContext) -> None:
+    """Einsum: one label, one index. A label the output keeps links every operand axis it names
+    to its output axis (a weight's axis there makes the channel: role out); a label summed away
+    links the operand axes it names (a weight's axis there reads it: role in, chosen as for
+    MatMul's contraction); summed over a product of activations only (q·k in attention), no
+    slice reads it and the zero-then-prune oracle could not stand for its removal: blocked.
+    Ellipsis axes broadcast as numpy's do. A label written twice in one
+    operand or in the output (a diagonal, a trace) is not a channel: it stays unlinked, so the
+    closure check blocks it. The equation holds no sizes: there is nothing to fix."""
+    names = list(ctx.node.input)
+    ranks = [ctx.rank(name) for name in names]
+    equation = ctx.attr("equation", b"")
+    equation = equation.decode() if isinstance(equation, bytes) else str(equation)
+    parsed = einsum_labels(equation, ranks) if None not in ranks and equation else None
+    if parsed is None:
+        return
+    operands, output = parsed
+    y = ctx.output(0)
+    for label in dict.fromkeys(label for labels in operands for label in labels):
+        if any(labels.count(label) > 1 for labels in [*operands, output]):
+            continue
+        spaces = [
+            Space(name, labels.index(label))
+            for name, labels in zip(names, operands, strict=True)
+            if label in labels
+        ]
+        if label in output:
+            for space in spaces:
+                ctx.link(space, Space(y, output.index(label)))
+                ctx.role(space, Role.OUT)
+            continue
+        for space in spaces[1:]:
+            ctx.link(spaces[0], space)
+        if not any(_is_weight(ctx, space) for space in spaces):
+            for space in spaces:  # zeroing a reader's slice cannot stand for removing it
+                ctx.block(space, "Einsum sums this axis over a product of activations")
+        elif len(spaces) == 2:
+            _contraction_reader(ctx, spaces[0], spaces[1])
+        else:
+            for space in spaces:
+                ctx.role(space, Role.IN)
+
 UNARY_OPS = [
     "Abs",
     "Acos",
@@ -1431,6 +1507,7 @@ RULES: dict[str, Rule] = {
     "Flatten": flatten,
     "Shape": shape_reader,
     "Size": shape_reader,
+    "Einsum": einsum,
     **{op: unary for op in UNARY_OPS},
     **{op: broadcast for op in BROADCAST_OPS},
     **{op: pool for op in POOL_OPS},

@@ -157,6 +157,21 @@ class DenseMoE(nn.Module):
         return (out * gate.transpose(1, 2).unsqueeze(-1)).sum(dim=1)
 
 
+class EinsumMoE(DenseMoE):
+    """`DenseMoE` written with einsum, as JAX/Flax ports and many research codebases write it:
+    `bsh,ehi->bsei` per expert, `bsei,eih->bseh` back, `bseh,bse->bsh` for the gated sum."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = F.softmax(self.gate(x), dim=-1)  # [B, S, E]
+        kth = torch.topk(probs, self.k, dim=-1).values[..., -1:]
+        gate = torch.where(probs >= kth, probs, torch.zeros_like(probs))
+        gate = gate / gate.sum(dim=-1, keepdim=True)
+        up = torch.einsum("bsh,ehi->bsei", x, self.up_proj)
+        hidden = F.silu(torch.einsum("bsh,ehi->bsei", x, self.gate_proj)) * up
+        out = torch.einsum("bsei,eih->bseh", hidden, self.down_proj)
+        return torch.einsum("bseh,bse->bsh", out, gate)
+
+
 class Attention(nn.Module):
     """Causal multi-head self-attention, explicit MatMul/Softmax (no sdpa)."""
 
@@ -216,6 +231,7 @@ MOE_KINDS: dict[str, Any] = {
     "qwen": functools.partial(QwenMoE, dispatch="gather"),
     "qwen_mask": functools.partial(QwenMoE, dispatch="mask"),
     "dense": DenseMoE,
+    "einsum": EinsumMoE,
 }
 
 

@@ -126,6 +126,12 @@ MOE_ENTRIES = [
         "top-k-masked softmax (TopK values -> Slice k-th -> GreaterOrEqual -> Where, zeros_like "
         "as ConstantOfShape(Shape) or Expand(0, Shape)), renormalized, ReduceSum over experts. ",
     ),
+    _ours(
+        "moe_einsum",
+        "einsum",
+        "moe_dense written with einsum (bsh,ehi->bsei; bsei,eih->bseh; bseh,bse->bsh): the "
+        "expert axis and the expert channels pass through Einsum nodes. ",
+    ),
     ZooEntry(
         name="moe_fused",
         family="moe",

@@ -428,7 +428,7 @@ def test_router_statistics_count_top_k_choices_of_the_logits():
 # Real exports: every MoE form of the zoo, both exporters
 # ---------------------------------------------------------------------------------------------
 
-MOE_ZOO = ["moe_mixtral", "moe_mixtral_mask", "moe_qwen", "moe_dense", "moe_fused"]
+MOE_ZOO = ["moe_mixtral", "moe_mixtral_mask", "moe_qwen", "moe_dense", "moe_einsum", "moe_fused"]
 MOE_ZOO += ["mixtral_tiny_hf", "qwen2moe_tiny_hf"]
 
 

@@ -1168,3 +1168,73 @@ def test_a_minus_one_that_inference_cannot_pin_is_what_its_matmul_reader_needs()
     (concat,) = [n for n in work.graph.node if n.op_type == "Concat"]
     assert initializer(work, concat.input[2]).tolist() == [32]
     assert dep.index.shapes["merged"][1:] == (16, 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Einsum: labels kept in the output link operand and output; summed labels link the operands
+# ---------------------------------------------------------------------------------------------
+
+
+def einsum_mlp(first: str, second: str, x_shape: tuple = (2, 4, 8)):
+    nodes = [
+        node("Einsum", ["x", "w1"], ["h"], equation=first),
+        node("Relu", ["h"], ["r"]),
+        node("Einsum", ["r", "w2"], ["y"], equation=second),
+    ]
+    return model(nodes, {"x": x_shape}, ["y"], {"w1": weight(8, 12), "w2": weight(12, 8)})
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [("bsd,df->bsf", "bsf,fd->bsd"), ("...d,df->...f", "...f,fd->...d"), ("abd,dc", "abc,cd")],
+    ids=["explicit", "ellipsis", "implicit"],
+)
+def test_einsum_mlp_width_is_one_group_and_prunes_exactly(first, second):
+    made = einsum_mlp(first, second)
+    _, dep = analyze(made)
+    group = group_with(dep, "w1", 1)
+    assert members(group) == {("w1", 1), ("h", 2), ("r", 2), ("w2", 0)}
+    assert group.roles == {Space("w1", 1): Role.OUT, Space("w2", 0): Role.IN}
+    assert group.prunable and group.n_units == 12
+    pruned, _, _ = prune_at_ratio(made, 0.5)
+    assert initializer(pruned, "w1").shape == (8, 6) and initializer(pruned, "w2").shape == (6, 8)
+
+
+def einsum_attention():
+    """q, k, v as [B, S, heads, head_dim] from [D, heads, head_dim] weights, all in einsum."""
+    project = "bsd,dhk->bshk"
+    nodes = [
+        node("Einsum", ["x", "wq"], ["q"], equation=project),
+        node("Einsum", ["x", "wk"], ["k"], equation=project),
+        node("Einsum", ["x", "wv"], ["v"], equation=project),
+        node("Einsum", ["q", "k"], ["s"], equation="bshk,bthk->bhst"),
+        node("Softmax", ["s"], ["p"], axis=-1),
+        node("Einsum", ["p", "v"], ["o"], equation="bhst,bthk->bshk"),
+        node("Einsum", ["o", "wo"], ["y"], equation="bshk,hkd->bsd"),
+    ]
+    consts = {f"w{n}": weight(8, 3, 4) for n in "qkv"} | {"wo": weight(3, 4, 8)}
+    return model(nodes, {"x": (2, 5, 8)}, ["y"], consts)
+
+
+def test_einsum_attention_heads_prune_and_the_qk_sum_is_blocked():
+    made = einsum_attention()
+    _, dep = analyze(made)
+    heads = group_with(dep, "wq", 1)
+    assert {("wq", 1), ("wk", 1), ("wv", 1), ("wo", 0), ("s", 1)} <= members(heads)
+    assert heads.prunable and heads.n_units == 3
+    # q·k sums head_dim over two activations: no weight reads it, so zeroing cannot stand in
+    qk = group_with(dep, "wq", 2)
+    assert not qk.prunable and "product of activations" in qk.blocked[0]
+    assert group_with(dep, "wv", 2).prunable  # v's head_dim is read by wo
+    pruned, _, removals = prune_at_ratio(made, 0.4)
+    assert initializer(pruned, "wo").shape[0] < 3 and len(removals) == 2
+
+
+def test_einsum_diagonal_is_not_a_channel():
+    nodes = [
+        node("MatMul", ["x", "w"], ["h"]),
+        node("Einsum", ["h"], ["y"], equation="bii->bi"),
+    ]
+    made = model(nodes, {"x": (2, 6, 6)}, ["y"], {"w": weight(6, 6)})
+    _, dep = analyze(made)
+    assert not group_with(dep, "w", 1).prunable
