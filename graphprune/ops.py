@@ -164,6 +164,9 @@ def _opset(model: onnx.ModelProto) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+MAX_CHANNELS = 2**31  # a wider axis is a corrupt size, not channels (its index map would not fit)
+
+
 class RuleContext:
     """What a rule sees of the graph, and the three things it can say about it."""
 
@@ -223,6 +226,10 @@ class RuleContext:
         size_a, size_b = self.size(a.tensor, a.axis), self.size(b.tensor, b.axis)
         smallest = 1 if piece else 2
         if size_a is None or size_b is None or min(size_a, size_b) < smallest:
+            return
+        if max(size_a, size_b) > MAX_CHANNELS:  # a corrupt size: never allocate index maps
+            for space, size in ((a, size_a), (b, size_b)):
+                self.block(space, f"{space} declares {size} indices, too many to be channels")
             return
         if pairs is None:
             if size_a != size_b:
@@ -364,6 +371,10 @@ def conv(ctx: RuleContext) -> None:
     x, w, b, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
     w_shape, groups = ctx.shape(w), ctx.attr("group", 1)
     if w_shape is None:
+        return
+    if len(w_shape) < 3:  # not a valid Conv weight ([C_out, C_in/group, k...])
+        for space in (Space(x, 1), Space(y, 1), Space(w, 0)):
+            ctx.block(space, f"Conv weight of rank {len(w_shape)} (a Conv needs rank >= 3)")
         return
     out_channels, in_per_group = w_shape[0], w_shape[1]
     ctx.link(Space(x, 0), Space(y, 0))

@@ -27,6 +27,7 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from graphprune.cli import main
+from graphprune.pipeline import analyze
 from tests.graphs import ints, model, node, weight
 from tests.test_cli import small_cnn
 
@@ -579,3 +580,23 @@ def test_fuzzed_plans_are_refused_in_one_line_or_replayed(tmp_path):
             failures.append(f"plan mutant {i} ({data[:60]!r}...): exit {code} {stderr[:300]}")
     assert not failures, "\n".join(failures)
     assert exits.count(2) >= PLAN_MUTANTS // 2  # most mutants are refused, not silently replayed
+
+
+@pytest.mark.parametrize(
+    "label, reason",
+    [
+        # a Reshape constant declaring 2**40 rows: the MatMul rule allocated an 8 TiB index map
+        ("attention/int_values/347", "too many to be channels"),
+        # a Gemm relabelled Conv: a rank-1 weight indexed as [C_out, C_in, k...]
+        ("mlp/op_type/460", "Conv weight of rank 1"),
+    ],
+)
+def test_analysis_crashes_found_by_the_fuzzer_are_reasons(tmp_path, label, reason):
+    """Both used to be internal errors (exit 3) in the op table; now the rule blocks the spaces
+    with the reason, and inspect and prune exit cleanly."""
+    [mutant] = [m for m in mutants(int(label.rsplit("/", 1)[1]) + 1) if m.label == label]
+    for outcome in check_mutant(mutant, tmp_path):
+        assert not outcome.problems, (outcome.command, outcome.problems, outcome.stderr)
+    analysis = analyze(str(tmp_path / "in" / MODEL_NAME))
+    reasons = [r for space_reasons in analysis.dep.blocks.values() for r in space_reasons]
+    assert any(reason in r for r in reasons), reasons
