@@ -255,7 +255,11 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--inputs", help=".npz of inputs keyed by input name (default: random)")
     _add_shapes(verify)
     verify.add_argument("--rtol", type=_tolerance, help="default 1e-4 (fp16 models: 1e-2)")
-    verify.add_argument("--atol", type=_tolerance, help="default 1e-5 (fp16 models: 1e-3)")
+    verify.add_argument(
+        "--atol",
+        type=_tolerance,
+        help="relative to each output's max |reference|; default 1e-5 (fp16 models: 1e-3)",
+    )
     verify.add_argument("--seed", type=_seed, default=0)
     _add_output_options(verify)
     verify.set_defaults(run=_run_verify)
@@ -634,6 +638,7 @@ def _prune_json(result) -> dict:
     return {
         "written": result.written,
         "passed": result.passed,
+        "state": _verdict(result.checks),
         "groups": result.groups,
         "prunable_groups": result.prunable_groups,
         "pruned_groups": len(result.plan.groups),
@@ -671,7 +676,17 @@ def _print_prune(result, args) -> None:
     if result.written:
         print(f"wrote {args.output}")
     else:
-        print(f"not written: verification failed ({args.output})")
+        print(f"not written: verification {_verdict(result.checks)} ({args.output})")
+
+
+def _verdict(checks) -> str:
+    """One word for the oracle's checks: failed when any failed, else inconclusive when any
+    could not judge (outputs dead at every input tried), else passed."""
+    states = {check.state for check in checks}
+    for verdict in ("failed", "inconclusive"):
+        if verdict in states:
+            return verdict
+    return "passed"
 
 
 def _compensation_line(moved: dict) -> str:

@@ -73,6 +73,7 @@ import numpy as np
 import onnx
 
 from graphprune.graph import Dim, GraphIndex, all_inputs, attribute
+from graphprune.inputs import input_shapes as input_shapes_of
 from graphprune.load import infer_shapes, load_sized
 from graphprune.prepare import prepare
 from graphprune.report import (
@@ -85,7 +86,6 @@ from graphprune.report import (
     sized_skeleton,
     summarize,
 )
-from graphprune.verify import random_inputs
 
 FORMAT = "graphprune.diff/1"
 PASS_THROUGH = {
@@ -267,7 +267,7 @@ def diff(
 ) -> DiffReport:
     """Compare model `a_path` (before) with `b_path` (after).
 
-    MACs are counted at `input_shapes` (symbolic dimensions default as in `random_inputs`).
+    MACs are counted at `input_shapes` (symbolic dimensions default as the oracle's inputs do).
     Latency is `latency` (before_ms, after_ms) when given, else measured with
     `graphprune.bench` on `provider` when `bench` is true, else absent.
     """
@@ -420,7 +420,7 @@ def _inferred_shapes(
     run-time size arithmetic such as TorchScript's "SAME" padding, as the pipeline does before
     counting; tensor names stay the model's own, so the shapes apply to the model's nodes.
     """
-    used = {k: tuple(v.shape) for k, v in random_inputs(model, 0, input_shapes).items()}
+    used = input_shapes_of(model, input_shapes)
     skeleton = sized_skeleton(model, used)
     try:
         prepare(skeleton, in_place=True)

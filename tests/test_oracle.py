@@ -4,6 +4,8 @@ non-finite references are never a pass, and default inputs are the ones the grap
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -153,7 +155,12 @@ def test_every_output_dead_is_inconclusive_and_exit_1_in_verify_and_prune(tmp_pa
     assert "PASSED" not in out
     target = tmp_path / "pruned.onnx"
     assert main(["prune", str(path), str(target), "--providers", "cpu"]) == 1
-    assert "INCONCLUSIVE" in capsys.readouterr().out and not target.exists()
+    out = capsys.readouterr().out
+    assert "INCONCLUSIVE" in out and not target.exists()
+    assert "not written: verification inconclusive" in out
+    assert main(["prune", str(path), str(target), "--providers", "cpu", "--json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert document["state"] == "inconclusive" and not document["written"]
 
 
 def token_model(rows: int = 257, types: int = 2, opset: int = 17) -> onnx.ModelProto:
