@@ -238,13 +238,13 @@ class RuleContext:
         self._sink.add_link(self.position, a, size_a, b, size_b, pairs)
 
     def role(self, space: Space, role: Role) -> None:
-        """Only float constants are weights: integer ones are sizes and indices. A weight read
-        through a Transpose or a Gather (dynamo's tied LM head, MatMul(h, Transpose(table));
-        TorchScript's experts, MatMul(Gather(stacked weights, expert ids), x)) takes the role
-        on its own axis, so the oracle masks what the reader reads."""
+        """Only float constants and quantized weights are weights: other integer constants are
+        sizes and indices. A weight read through a Transpose, a Gather or a DequantizeLinear
+        (dynamo's tied LM head, MatMul(h, Transpose(table)); TorchScript's experts,
+        MatMul(Gather(stacked weights, expert ids), x); QDQ's int8 weights) takes the role on
+        its own axis, so the oracle masks what the reader reads."""
         space = _weight_space(self.index, space)
-        constants = self.index.constants
-        if space.tensor in constants and constants.is_float(space.tensor):
+        if is_weight_constant(self.index, space.tensor):
             self._sink.add_role(space, role)
 
     def fix(self, fix: Fix) -> None:
@@ -281,9 +281,86 @@ class RuleContext:
 Rule = Callable[[RuleContext], None]
 
 
+def is_weight_constant(index: GraphIndex, name: str) -> bool:
+    """A float constant, or an integer one that a quantized op reads as data (its values are
+    weights stored as integers, with a scale and a zero point)."""
+    if name not in index.constants:
+        return False
+    return index.constants.is_float(name) or quantized_data(index, name) is not None
+
+
+# Quantized ops: which inputs are integer data, and (data input -> zero point input, the axis a
+# vector zero point runs along: "per-row", "per-column" of a matrix, or the conv output axis 0).
+QUANTIZED_DATA: dict[str, dict[int, tuple[int | None, str]]] = {
+    "DequantizeLinear": {0: (2, "attribute")},
+    "MatMulInteger": {0: (2, "per-row"), 1: (3, "per-column")},
+    "ConvInteger": {0: (2, "none"), 1: (3, "axis 0")},
+    "QLinearConv": {0: (2, "none"), 3: (5, "axis 0"), 8: (None, "none")},
+    "QLinearMatMul": {0: (2, "per-row"), 3: (5, "per-column")},
+}
+
+
+@dataclass(frozen=True)
+class QuantizedData:
+    """How an integer constant is read: the op and the input that gives its zero point."""
+
+    node: onnx.NodeProto
+    zero_point: str  # "" when the op has none (0) or the input is absent
+    axis: int | None  # the data axis a vector zero point runs along; None for a scalar one
+
+
+def quantized_data(index: GraphIndex, name: str) -> QuantizedData | None:
+    """How the integer constant `name` is read as quantized data: by exactly the quantized ops
+    of `QUANTIZED_DATA`, all with one constant zero point (so a masked slice can be set to the
+    value that reads as zero). None when any reader is something else."""
+    readers = index.consumers.get(name, [])
+    found = None
+    for position in readers:
+        node = index.node(position)
+        slots = QUANTIZED_DATA.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        inputs = [i for i, n in enumerate(node.input) if n == name]
+        if slots is None or len(inputs) != 1 or inputs[0] not in slots:
+            return None
+        zero_point_input, along = slots[inputs[0]]
+        given = zero_point_input is not None and zero_point_input < len(node.input)
+        zero_point = node.input[zero_point_input] if given else ""
+        if zero_point and zero_point not in index.constants:
+            return None
+        rank = len(index.constants.shape(name))
+        axis = _zero_point_axis(node, along, rank) if zero_point else None
+        if zero_point and index.constants.size(zero_point) <= 1:
+            axis = None
+        here = QuantizedData(node, zero_point, axis)
+        if found is not None and (found.zero_point, found.axis) != (here.zero_point, here.axis):
+            return None  # two readers that disagree on what zero is
+        found = here
+    return found
+
+
+def _zero_point_axis(node: onnx.NodeProto, along: str, rank: int) -> int | None:
+    if along == "attribute":
+        return attribute(node, "axis", 1) % max(rank, 1)
+    return {"per-row": rank - 2, "per-column": rank - 1, "axis 0": 0}.get(along)
+
+
+def zero_value(index: GraphIndex, name: str, shape: tuple[int, ...]) -> np.ndarray | int:
+    """What a masked slice of constant `name` is set to so that it reads as zero: 0 for a float
+    weight, the zero point for a quantized one (dequantized, (q - zero_point) * scale = 0)."""
+    data = quantized_data(index, name) if not index.constants.is_float(name) else None
+    if data is None or not data.zero_point:
+        return 0
+    zero_point = np.asarray(index.constants[data.zero_point])
+    if data.axis is None:
+        return zero_point.reshape(-1)[0]
+    view = [1] * len(shape)
+    view[data.axis] = shape[data.axis]
+    return np.broadcast_to(zero_point.reshape(view), shape)
+
+
 def _weight_space(index: GraphIndex, space: Space) -> Space:
     """The constant's axis that `space` is, through Transposes and Gathers of a constant (the
-    Gather's data axes other than the gathered one); `space` itself otherwise."""
+    Gather's data axes other than the gathered one) and DequantizeLinear (same axes); `space`
+    itself otherwise."""
     for _ in range(4):  # a few steps: exporters write at most Transpose(Gather(W))
         if index.is_constant(space.tensor):
             return space
@@ -294,7 +371,9 @@ def _weight_space(index: GraphIndex, space: Space) -> Space:
         source = node.input[0] if node.input else ""
         rank = index.rank(source)
         index_rank = index.rank(node.input[1]) if node.op_type == "Gather" else None
-        if node.op_type == "Transpose" and rank is not None:
+        if node.op_type == "DequantizeLinear":
+            space = Space(source, space.axis)
+        elif node.op_type == "Transpose" and rank is not None:
             perm = attribute(node, "perm") or list(reversed(range(rank)))
             space = Space(source, perm[space.axis])
         elif node.op_type == "Gather" and rank is not None and index_rank is not None:
@@ -368,7 +447,10 @@ def conv(ctx: RuleContext) -> None:
     every group must keep the same local indices, so local index l couples the l-th channel of
     all groups, on both sides, and `group` stays.
     """
-    x, w, b, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
+    _conv(ctx, ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0))
+
+
+def _conv(ctx: RuleContext, x: str, w: str, b: str, y: str) -> None:
     w_shape, groups = ctx.shape(w), ctx.attr("group", 1)
     if w_shape is None:
         return
@@ -446,13 +528,15 @@ def _contraction_reader(ctx: RuleContext, a_k: Space, b_k: Space) -> None:
 
 
 def _is_weight(ctx: RuleContext, space: Space) -> bool:
-    weight = _weight_space(ctx.index, space)
-    return weight.tensor in ctx.index.constants and ctx.index.constants.is_float(weight.tensor)
+    return is_weight_constant(ctx.index, _weight_space(ctx.index, space).tensor)
 
 
 def matmul(ctx: RuleContext) -> None:
     """MatMul (numpy semantics): A[..., M, K] @ B[..., K, N]; batch axes broadcast."""
-    a, b, y = ctx.input(0), ctx.input(1), ctx.output(0)
+    _matmul(ctx, ctx.input(0), ctx.input(1), ctx.output(0))
+
+
+def _matmul(ctx: RuleContext, a: str, b: str, y: str) -> None:
     ra, rb, ry = ctx.rank(a), ctx.rank(b), ctx.rank(y)
     if ra is None or rb is None or ry is None:
         return
@@ -1397,6 +1481,109 @@ def einsum(ctx: RuleContext) -> None:
             for space in spaces:
                 ctx.role(space, Role.IN)
 
+
+# ---------------------------------------------------------------------------------------------
+# Quantized graphs: integer weights are sliced with their per-channel scales and zero points
+# (linked to the channel, role stat: they follow it but read nothing); the oracle masks a
+# reader's integer slice to its zero point, which dequantizes to exactly 0.
+# ---------------------------------------------------------------------------------------------
+
+DYNAMIC_SCALE = (
+    "DynamicQuantizeLinear computes one scale over the whole tensor: removing a channel changes "
+    "how every other channel is quantized (not exact)"
+)
+
+
+def _per_channel(ctx: RuleContext, params: Iterable[str], space: Space) -> None:
+    """Vector scales and zero points along `space` follow it; scalar ones are per tensor."""
+    for name in params:
+        if name and ctx.size(name, 0) is not None and ctx.size(name, 0) > 1:
+            if ctx.rank(name) != 1:
+                ctx.block(space, f"quantization parameter {name} of rank {ctx.rank(name)}")
+                continue
+            ctx.link(Space(name, 0), space)
+            ctx.role(Space(name, 0), Role.STAT)
+
+
+def _per_tensor(ctx: RuleContext, params: Iterable[str]) -> bool:
+    return all(not name or (ctx.size(name, 0) or 1) == 1 for name in params)
+
+
+def quantize_linear(ctx: RuleContext) -> None:
+    """QuantizeLinear / DequantizeLinear: y = saturate(x / scale + zero_point) and
+    y = (x - zero_point) * scale, elementwise. Per tensor, every axis passes through; per axis
+    (`axis`), the scale and zero point vectors follow that axis. Blocked quantization
+    (`block_size`) has no rule."""
+    x, scale, zero_point, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
+    rank = ctx.rank(x)
+    if rank is None:
+        return
+    if ctx.attr("block_size", 0):
+        for axis in range(rank):
+            ctx.block(Space(x, axis), "blocked quantization (block_size) has no rule")
+        return
+    identity_all_axes(ctx, x, [y])
+    if not _per_tensor(ctx, [scale, zero_point]):
+        _per_channel(ctx, [scale, zero_point], ctx.space(x, ctx.attr("axis", 1)))
+
+
+def dynamic_quantize_linear(ctx: RuleContext) -> None:
+    """DynamicQuantizeLinear: the scale and zero point are computed from the min and max of
+    the whole input, so no axis of it can lose a channel exactly: a barrier with the reason."""
+    x, y = ctx.input(0), ctx.output(0)
+    rank = ctx.rank(x)
+    identity_all_axes(ctx, x, [y])
+    for axis in range(rank or 0):
+        ctx.block(Space(x, axis), DYNAMIC_SCALE)
+
+
+def matmul_integer(ctx: RuleContext) -> None:
+    """MatMulInteger: Y = (A - a_zero_point) @ (B - b_zero_point) in int32; like MatMul, with a
+    per-row A zero point following A's rows and a per-column B zero point following B's N
+    axis."""
+    a, b, y = ctx.input(0), ctx.input(1), ctx.output(0)
+    _matmul(ctx, a, b, y)
+    ra, rb = ctx.rank(a), ctx.rank(b)
+    if ra is not None and ra >= 2:
+        _per_channel(ctx, [ctx.input(2)], Space(a, ra - 2))
+    if rb is not None and rb >= 2:
+        _per_channel(ctx, [ctx.input(3)], Space(b, rb - 1))
+
+
+def conv_integer(ctx: RuleContext) -> None:
+    """ConvInteger: Conv on (X - x_zero_point) and (W - w_zero_point), no bias; a per-output-
+    channel W zero point follows W's axis 0. X's zero point is one scalar."""
+    x, w, y = ctx.input(0), ctx.input(1), ctx.output(0)
+    _conv(ctx, x, w, "", y)
+    _per_channel(ctx, [ctx.input(3)], Space(w, 0))
+
+
+def qlinear_conv(ctx: RuleContext) -> None:
+    """QLinearConv: Conv on dequantized X and W, int32 bias, requantized with one output scale.
+    W's per-channel scale and zero point follow its axis 0; the output scale must be one
+    scalar (a per-channel one has no rule)."""
+    x, w, bias, y = ctx.input(0), ctx.input(3), ctx.input(8), ctx.output(0)
+    if not _per_tensor(ctx, [ctx.input(6), ctx.input(7)]):
+        ctx.block(Space(y, 1), "QLinearConv with a per-channel output scale has no rule")
+    _conv(ctx, x, w, bias, y)
+    _per_channel(ctx, [ctx.input(4), ctx.input(5)], Space(w, 0))
+
+
+def qlinear_matmul(ctx: RuleContext) -> None:
+    """QLinearMatMul: MatMul on dequantized A and B, requantized; B's per-column scale and
+    zero point follow its N axis, A's per-row ones its rows. A per-column output scale has no
+    rule."""
+    a, b, y = ctx.input(0), ctx.input(3), ctx.output(0)
+    ra, rb, ry = ctx.rank(a), ctx.rank(b), ctx.rank(y)
+    if not _per_tensor(ctx, [ctx.input(6), ctx.input(7)]) and ry:
+        ctx.block(Space(y, ry - 1), "QLinearMatMul with a vector output scale has no rule")
+    _matmul(ctx, a, b, y)
+    if ra is not None and ra >= 2:
+        _per_channel(ctx, [ctx.input(1), ctx.input(2)], Space(a, ra - 2))
+    if rb is not None and rb >= 2:
+        _per_channel(ctx, [ctx.input(4), ctx.input(5)], Space(b, rb - 1))
+
+
 UNARY_OPS = [
     "Abs",
     "Acos",
@@ -1519,6 +1706,13 @@ RULES: dict[str, Rule] = {
     "Shape": shape_reader,
     "Size": shape_reader,
     "Einsum": einsum,
+    "QuantizeLinear": quantize_linear,
+    "DequantizeLinear": quantize_linear,
+    "DynamicQuantizeLinear": dynamic_quantize_linear,
+    "MatMulInteger": matmul_integer,
+    "ConvInteger": conv_integer,
+    "QLinearConv": qlinear_conv,
+    "QLinearMatMul": qlinear_matmul,
     **{op: unary for op in UNARY_OPS},
     **{op: broadcast for op in BROADCAST_OPS},
     **{op: pool for op in POOL_OPS},

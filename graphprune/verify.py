@@ -69,7 +69,7 @@ from graphprune.inputs import (
     default_inputs,
     free_inputs,
 )
-from graphprune.ops import Role
+from graphprune.ops import Role, zero_value
 from graphprune.progress import progress
 from graphprune.values import check_values
 
@@ -424,7 +424,8 @@ def masked_model(
     in_place: bool = False,
 ) -> onnx.ModelProto:
     """`model` with every slice that reads a removed unit set to zero (the oracle's reference);
-    a copy, or `model` itself when `in_place`."""
+    a copy, or `model` itself when `in_place`. A quantized weight's slice is set to its zero
+    point, the integer that dequantizes to exactly zero."""
     masked = model
     if not in_place:
         masked = onnx.ModelProto()
@@ -440,7 +441,8 @@ def masked_model(
             if role != Role.IN or not len(indices):
                 continue
             value = store.get(space.tensor).copy()
-            np.moveaxis(value, space.axis, 0)[indices] = 0
+            zero = np.broadcast_to(zero_value(dep.index, space.tensor, value.shape), value.shape)
+            np.moveaxis(value, space.axis, 0)[indices] = np.moveaxis(zero, space.axis, 0)[indices]
             store.set(space.tensor, value)
     return masked
 
