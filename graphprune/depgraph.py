@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from graphprune.graph import GraphIndex, node_label
-from graphprune.ops import Fix, Role, RuleContext, Space, rule_for
+from graphprune.ops import Fix, Role, RuleContext, Space, control_flow_reason, rule_for
 
 
 @dataclass
@@ -247,6 +247,10 @@ class DepGraph:
     def _unhandled(self, position: int, space: Space) -> str:
         node = self.index.node(position)
         label = node_label(node, position)
+        inside_body = space.tensor not in node.input and space.tensor not in node.output
+        control_flow = control_flow_reason(node, space, inside_body)
+        if control_flow is not None:
+            return f"{label}: {control_flow}"
         if rule_for(node) is None:
             return f"{label}: op {_op_name(node)} has no rule (barrier) at {space}"
         return f"{label}: its rule does not carry {space}"

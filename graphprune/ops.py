@@ -1735,6 +1735,27 @@ CONTRIB_RULES: dict[str, Rule] = {
 }
 
 
+# Ops with bodies (subgraph attributes): no rule. Their bodies are not analysed, so every space
+# they read (explicitly or from inside a body) or write is a barrier, and weights inside a body
+# are never sliced; `control_flow_reason` says so where a group stops at one.
+CONTROL_FLOW_BODIES = {
+    "If": "then/else branches",
+    "Loop": "loop body",
+    "Scan": "scan body",
+}
+
+
+def control_flow_reason(node: onnx.NodeProto, space: Space, inside_body: bool) -> str | None:
+    """Why `space` cannot shrink through control-flow `node`, or None for other ops."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in CONTROL_FLOW_BODIES:
+        return None
+    how = "read inside its" if inside_body else "passed to or from its"
+    return (
+        f"control flow {node.op_type}: {space} is {how} {CONTROL_FLOW_BODIES[node.op_type]}, "
+        "which are not analysed (nothing inside a body is pruned)"
+    )
+
+
 def rule_for(node: onnx.NodeProto) -> Rule | None:
     """The rule of an op: default domain or com.microsoft; any other domain is a barrier."""
     if node.domain in ("", "ai.onnx"):

@@ -1238,3 +1238,58 @@ def test_einsum_diagonal_is_not_a_channel():
     made = model(nodes, {"x": (2, 6, 6)}, ["y"], {"w": weight(6, 6)})
     _, dep = analyze(made)
     assert not group_with(dep, "w", 1).prunable
+
+
+def if_with_weights_in_each_branch():
+    """c0 -> Relu -> c1 -> Relu -> If(mean(x) > 0): the then branch holds a Conv weight of its
+    own, the else branch a Gemm-like MatMul reading a main-graph weight from inside the body."""
+    then_branch = helper.make_graph(
+        [node("Conv", ["r1", "then.w"], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", 1, (1, 4, 8, 8))],
+        [helper.make_tensor("then.w", 1, (4, 8, 1, 1), weight(4, 8, 1, 1).reshape(-1).tolist())],
+    )
+    else_branch = helper.make_graph(
+        [
+            node("Transpose", ["r1"], ["e_t"], perm=[0, 2, 3, 1]),
+            node("MatMul", ["e_t", "else.w"], ["e_m"]),
+            node("Transpose", ["e_m"], ["e"], perm=[0, 3, 1, 2]),
+        ],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", 1, (1, 4, 8, 8))],
+    )
+    nodes, consts = chain(
+        conv_block("x", "c0", 3, 6, 3),
+        ([node("Relu", ["c0"], ["r0"])], {}),
+        conv_block("r0", "c1", 6, 8, 3),
+        ([node("Relu", ["c1"], ["r1"])], {}),
+    )
+    nodes += [
+        node("ReduceMean", ["x"], ["mean"], keepdims=0),
+        node("Greater", ["mean", "zero"], ["cond"]),
+        node("If", ["cond"], ["y"], then_branch=then_branch, else_branch=else_branch),
+    ]
+    consts |= {"zero": np.array(0.0, np.float32), "else.w": weight(8, 4)}
+    return model(nodes, X, {"y": (1, 4, 8, 8)}, consts)
+
+
+def test_if_bodies_are_explained_barriers_and_their_weights_stay_untouched():
+    made = if_with_weights_in_each_branch()
+    _work, dep = analyze(made)
+    before = group_with(dep, "c0.w", 0)
+    assert before.prunable and members(before) >= {("c0.w", 0), ("c1.w", 1)}
+    at_if = group_with(dep, "c1.w", 0)
+    reason = (
+        "If 'y': control flow If: r1[axis 1] is read inside its then/else branches, "
+        "which are not analysed (nothing inside a body is pruned)"
+    )
+    assert reason in at_if.blocked
+    assert not any(Space("else.w", axis) in g.sizes for g in dep.all_groups for axis in (0, 1))
+    pruned, _, removals = prune_every_group(made)  # the oracle passes through both branches
+    assert set(removals) == {before.id}
+    assert initializer(pruned, "else.w").tobytes() == initializer(made, "else.w").tobytes()
+    [then_before] = [a.g for a in made.graph.node[-1].attribute if a.name == "then_branch"]
+    [then_after] = [a.g for a in pruned.graph.node[-1].attribute if a.name == "then_branch"]
+    assert then_after.initializer[0] == then_before.initializer[0]
