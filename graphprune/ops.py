@@ -14,7 +14,7 @@ an op with a rule is a barrier on the axes it cannot map. Nothing is guessed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from math import prod
@@ -298,6 +298,13 @@ QUANTIZED_DATA: dict[str, dict[int, tuple[int | None, str]]] = {
     "QLinearConv": {0: (2, "none"), 3: (5, "axis 0"), 8: (None, "none")},
     "QLinearMatMul": {0: (2, "per-row"), 3: (5, "per-column")},
 }
+# The scale input next to a data input (its zero point's neighbour), where the op has one;
+# MatMulInteger and ConvInteger apply theirs afterwards, outside the op.
+QUANTIZED_SCALE: dict[str, dict[int, int]] = {
+    "DequantizeLinear": {0: 1},
+    "QLinearConv": {0: 1, 3: 4},
+    "QLinearMatMul": {0: 1, 3: 4},
+}
 
 
 @dataclass(frozen=True)
@@ -355,6 +362,53 @@ def zero_value(index: GraphIndex, name: str, shape: tuple[int, ...]) -> np.ndarr
     view = [1] * len(shape)
     view[data.axis] = shape[data.axis]
     return np.broadcast_to(zero_point.reshape(view), shape)
+
+
+def dequantized(index: GraphIndex, name: str) -> np.ndarray:
+    """The real values of constant `name`: a float weight as it is; a quantized one as
+    (q - zero_point) * scale in float32 (times 1 where the op applies its scale afterwards), so
+    that magnitudes never wrap around in int8 arithmetic."""
+    value = index.constants[name]
+    data = None if index.constants.is_float(name) else quantized_data(index, name)
+    if data is None:
+        return value
+    real = value.astype(np.float32) - np.asarray(zero_value(index, name, value.shape), np.float32)
+    slot = next(i for i, n in enumerate(data.node.input) if n == name)
+    scale_input = QUANTIZED_SCALE.get(data.node.op_type, {}).get(slot)
+    scale_name = data.node.input[scale_input] if scale_input is not None else ""
+    if scale_name in index.constants:
+        scale = np.asarray(index.constants[scale_name], np.float32)
+        axis = _zero_point_axis(data.node, QUANTIZED_DATA[data.node.op_type][slot][1], value.ndim)
+        if scale.size == 1:
+            scale = scale.reshape(-1)[0]
+        elif axis is not None and value.shape[axis] == scale.size:
+            view = [1] * value.ndim
+            view[axis] = scale.size
+            scale = scale.reshape(view)
+        else:
+            return real  # a scale this reading does not know how to lay out: unscaled
+        real = real * scale
+    return real
+
+
+class WeightValues(Mapping[str, np.ndarray]):
+    """The constants of `index` with quantized weights dequantized (see `dequantized`): what
+    importance scores read, so an int8 weight is scored by its real magnitudes."""
+
+    def __init__(self, index: GraphIndex):
+        self._index = index
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return dequantized(self._index, name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index.constants
+
+    def __iter__(self):
+        return iter(self._index.constants)
+
+    def __len__(self) -> int:
+        return len(self._index.constants)
 
 
 def _weight_space(index: GraphIndex, space: Space) -> Space:

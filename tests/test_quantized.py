@@ -223,3 +223,33 @@ def test_conv_integer_prunes_exactly():
     assert group.roles == {Space("w1", 0): Role.OUT, Space("w2", 1): Role.IN}
     pruned, _, removals = prune_every_group(conv_integer_chain())
     assert initializer(pruned, "w2").shape[1] == 6 - len(removals[group.id])
+
+
+def test_weight_values_are_the_dequantized_weights(tmp_path):
+    """Scores must read real magnitudes, not int8 values (whose squares wrap around): the
+    dequantized view equals what DequantizeLinear computes, per tensor and per channel."""
+    from onnx.reference import ReferenceEvaluator
+
+    from graphprune.ops import WeightValues
+
+    for per_channel, weight_type in ((False, QuantType.QInt8), (True, QuantType.QUInt8)):
+        folder = tmp_path / str(per_channel)
+        folder.mkdir()
+        made, _ = quantized_static(folder, per_channel, weight_type)
+        work, dep = analyze(made)
+        values = WeightValues(dep.index)
+        [dequantize] = [n for n in work.graph.node if n.input[0] == "c2.w_quantized"]
+        single = helper.make_model(
+            helper.make_graph(
+                [dequantize],
+                "dq",
+                [],
+                [helper.make_tensor_value_info(dequantize.output[0], TensorProto.FLOAT, None)],
+                [t for t in work.graph.initializer if t.name in dequantize.input],
+            ),
+            opset_imports=[helper.make_opsetid("", 19)],  # the reference's DequantizeLinear
+        )
+        [expected] = ReferenceEvaluator(single).run(None, {})
+        np.testing.assert_array_equal(values["c2.w_quantized"], expected)
+        scale = initializer(work, "c2.w_scale")
+        np.testing.assert_array_equal(values["c2.w_scale"], scale)  # a float constant: as it is
