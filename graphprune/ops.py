@@ -297,6 +297,9 @@ QUANTIZED_DATA: dict[str, dict[int, tuple[int | None, str]]] = {
     "ConvInteger": {0: (2, "none"), 1: (3, "axis 0")},
     "QLinearConv": {0: (2, "none"), 3: (5, "axis 0"), 8: (None, "none")},
     "QLinearMatMul": {0: (2, "per-row"), 3: (5, "per-column")},
+    "com.microsoft::QGemm": {0: (2, "none"), 3: (5, "gemm B"), 6: (None, "none")},
+    "com.microsoft::QLinearAdd": {0: (2, "none"), 3: (5, "none")},
+    "com.microsoft::QLinearMul": {0: (2, "none"), 3: (5, "none")},
 }
 # The scale input next to a data input (its zero point's neighbour), where the op has one;
 # MatMulInteger and ConvInteger apply theirs afterwards, outside the op.
@@ -304,7 +307,15 @@ QUANTIZED_SCALE: dict[str, dict[int, int]] = {
     "DequantizeLinear": {0: 1},
     "QLinearConv": {0: 1, 3: 4},
     "QLinearMatMul": {0: 1, 3: 4},
+    "com.microsoft::QGemm": {0: 1, 3: 4},
+    "com.microsoft::QLinearAdd": {0: 1, 3: 4},
+    "com.microsoft::QLinearMul": {0: 1, 3: 4},
 }
+
+
+def op_key(node: onnx.NodeProto) -> str:
+    """`op_type` for the default domain, `domain::op_type` for any other."""
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
 
 
 @dataclass(frozen=True)
@@ -324,7 +335,7 @@ def quantized_data(index: GraphIndex, name: str) -> QuantizedData | None:
     found = None
     for position in readers:
         node = index.node(position)
-        slots = QUANTIZED_DATA.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        slots = QUANTIZED_DATA.get(op_key(node))
         inputs = [i for i, n in enumerate(node.input) if n == name]
         if slots is None or len(inputs) != 1 or inputs[0] not in slots:
             return None
@@ -347,6 +358,8 @@ def quantized_data(index: GraphIndex, name: str) -> QuantizedData | None:
 def _zero_point_axis(node: onnx.NodeProto, along: str, rank: int) -> int | None:
     if along == "attribute":
         return attribute(node, "axis", 1) % max(rank, 1)
+    if along == "gemm B":  # B is [K, N], or [N, K] with transB: the zero point runs along N
+        return 0 if attribute(node, "transB", 0) else 1
     return {"per-row": rank - 2, "per-column": rank - 1, "axis 0": 0}.get(along)
 
 
@@ -374,11 +387,11 @@ def dequantized(index: GraphIndex, name: str) -> np.ndarray:
         return value
     real = value.astype(np.float32) - np.asarray(zero_value(index, name, value.shape), np.float32)
     slot = next(i for i, n in enumerate(data.node.input) if n == name)
-    scale_input = QUANTIZED_SCALE.get(data.node.op_type, {}).get(slot)
+    scale_input = QUANTIZED_SCALE.get(op_key(data.node), {}).get(slot)
     scale_name = data.node.input[scale_input] if scale_input is not None else ""
     if scale_name in index.constants:
         scale = np.asarray(index.constants[scale_name], np.float32)
-        axis = _zero_point_axis(data.node, QUANTIZED_DATA[data.node.op_type][slot][1], value.ndim)
+        axis = _zero_point_axis(data.node, QUANTIZED_DATA[op_key(data.node)][slot][1], value.ndim)
         if scale.size == 1:
             scale = scale.reshape(-1)[0]
         elif axis is not None and value.shape[axis] == scale.size:
@@ -1638,6 +1651,61 @@ def qlinear_matmul(ctx: RuleContext) -> None:
         _per_channel(ctx, [ctx.input(4), ctx.input(5)], Space(b, rb - 1))
 
 
+def ms_qlinear_binary(ctx: RuleContext) -> None:
+    """com.microsoft QLinearAdd / QLinearMul: A and B dequantized, combined, requantized; with
+    scalar scales and zero points it broadcasts like Add / Mul."""
+    if not _per_tensor(ctx, [ctx.input(i) for i in (1, 2, 4, 5, 6, 7)]):
+        rank = ctx.rank(ctx.output(0)) or 0
+        for axis in range(rank):
+            ctx.block(Space(ctx.output(0), axis), f"{ctx.node.op_type} with vector scales")
+        return
+    broadcast(ctx, [ctx.input(0), ctx.input(3)])
+
+
+def ms_qlinear_unary(ctx: RuleContext) -> None:
+    """com.microsoft QLinearSigmoid / QLinearLeakyRelu / ...: elementwise on dequantized X,
+    requantized with scalar scales."""
+    if _per_tensor(ctx, [ctx.input(i) for i in range(1, 5)]):
+        identity_all_axes(ctx, ctx.input(0), [ctx.output(0)])
+
+
+def ms_qlinear_global_average_pool(ctx: RuleContext) -> None:
+    """com.microsoft QLinearGlobalAveragePool: per-channel mean, requantized with scalar
+    scales; the channel axis is 1, or the last one with channels_last."""
+    x, y = ctx.input(0), ctx.output(0)
+    rank = ctx.rank(x)
+    if rank is None or not _per_tensor(ctx, [ctx.input(i) for i in range(1, 5)]):
+        return
+    channel = rank - 1 if ctx.attr("channels_last", 0) else 1
+    if ctx.size(y, channel) is None:  # contrib ops may lack inferred shapes
+        ctx.block(Space(x, channel), "QLinearGlobalAveragePool output of unknown size")
+    ctx.link(Space(x, 0), Space(y, 0))
+    ctx.link(Space(x, channel), Space(y, channel))
+
+
+def ms_qgemm(ctx: RuleContext) -> None:
+    """com.microsoft QGemm: Gemm on dequantized A and B plus an int32 bias C, requantized
+    with a scalar output scale (or float output without one); B's per-column scale and zero
+    point follow its N axis."""
+    a, b, c, y = ctx.input(0), ctx.input(3), ctx.input(6), ctx.output(0)
+    trans_a, trans_b = ctx.attr("transA", 0), ctx.attr("transB", 0)
+    if not _per_tensor(ctx, [ctx.input(1), ctx.input(2), ctx.input(7), ctx.input(8)]):
+        ctx.block(Space(y, 1), "QGemm with vector A or output scales has no rule")
+    a_m, a_k = (1, 0) if trans_a else (0, 1)
+    b_k, b_n = (1, 0) if trans_b else (0, 1)
+    ctx.link(Space(a, a_k), Space(b, b_k))
+    _contraction_reader(ctx, Space(a, a_k), Space(b, b_k))
+    if ctx.size(y, 1) is None:  # contrib ops may lack inferred shapes: B's rows cannot follow Y
+        ctx.block(Space(b, b_n), "QGemm output of unknown size")
+        return
+    ctx.link(Space(b, b_n), Space(y, 1))
+    ctx.role(Space(b, b_n), Role.OUT)
+    ctx.link(Space(a, a_m), Space(y, 0))
+    _per_channel(ctx, [ctx.input(4), ctx.input(5)], Space(b, b_n))
+    if c:
+        broadcast(ctx, [c], y)
+
+
 UNARY_OPS = [
     "Abs",
     "Acos",
@@ -1786,6 +1854,12 @@ CONTRIB_RULES: dict[str, Rule] = {
     "BiasGelu": ms_bias_activation,
     "Gelu": ms_bias_activation,
     "QuickGelu": ms_bias_activation,
+    "QLinearAdd": ms_qlinear_binary,
+    "QLinearMul": ms_qlinear_binary,
+    "QLinearSigmoid": ms_qlinear_unary,
+    "QLinearLeakyRelu": ms_qlinear_unary,
+    "QLinearGlobalAveragePool": ms_qlinear_global_average_pool,
+    "QGemm": ms_qgemm,
 }
 
 

@@ -165,8 +165,27 @@ def test_qlinear_conv_prunes_and_qoperator_ops_without_rules_are_named(tmp_path)
     assert first.prunable and {("c1.w_scale", 0), ("c1.w_zero_point", 0)} <= members(first)
     assert first.roles[Space("c1.b_quantized", 0)] == Role.OUT
     assert first.roles[Space("c2.w_quantized", 1)] == Role.IN
-    second = group_with(dep, "c2.w_quantized", 0)
-    assert any("QLinearGlobalAveragePool has no rule" in r for r in second.blocked)
+    second = group_with(dep, "c2.w_quantized", 0)  # the contrib ops after it have no shapes
+    assert any("QLinearGlobalAveragePool output of unknown size" in r for r in second.blocked)
+    rows = [g for g in dep.all_groups if Space("fc.w_quantized", 0) in g.sizes]
+    assert not any(g.prunable for g in rows)  # QGemm's rows cannot follow an unknown output
+    prune_every_group(made)
+
+
+def test_qlinear_matmul_and_qlinear_add_prune_exactly(tmp_path):
+    """QOperator MLP: QLinearMatMul -> com.microsoft QLinearAdd (int8 bias) -> QLinearMatMul."""
+    source, target = tmp_path / "float.onnx", tmp_path / "qoperator.onnx"
+    onnx.save(float_mlp(), source)
+    quantize_static(
+        source, target, Batches((2, 16)), quant_format=QuantFormat.QOperator, per_channel=True
+    )
+    made = onnx.load(target)
+    assert {n.op_type for n in made.graph.node} >= {"QLinearMatMul", "QLinearAdd"}
+    _work, dep = analyze(made)
+    hidden = group_with(dep, "w1_quantized", 1)
+    assert hidden.prunable and hidden.exact
+    assert {("w1_scale", 0), ("w1_zero_point", 0), ("b1_quantized", 0)} <= members(hidden)
+    assert hidden.roles[Space("w2_quantized", 0)] == Role.IN
     prune_every_group(made)
 
 
