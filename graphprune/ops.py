@@ -1587,7 +1587,8 @@ def quantize_linear(ctx: RuleContext) -> None:
         return
     if ctx.attr("block_size", 0):
         for axis in range(rank):
-            ctx.block(Space(x, axis), "blocked quantization (block_size) has no rule")
+            for space in (Space(x, axis), Space(y, axis)):
+                ctx.block(space, "blocked quantization (block_size) has no rule")
         return
     identity_all_axes(ctx, x, [y])
     if not _per_tensor(ctx, [scale, zero_point]):

@@ -272,3 +272,26 @@ def test_weight_values_are_the_dequantized_weights(tmp_path):
         np.testing.assert_array_equal(values["c2.w_quantized"], expected)
         scale = initializer(work, "c2.w_scale")
         np.testing.assert_array_equal(values["c2.w_scale"], scale)  # a float constant: as it is
+
+
+def test_blocked_quantization_is_a_barrier_with_its_reason():
+    """DequantizeLinear with block_size (opset 21): one scale per block of rows has no rule;
+    the weight's output channels are refused saying so, not sliced without their scales."""
+    rng = np.random.default_rng(4)
+    constants = {
+        "w1q": rng.integers(-127, 127, (8, 4)).astype(np.int8),
+        "w1s": rng.uniform(0.01, 0.02, (4, 4)).astype(np.float32),
+        "w2": (rng.standard_normal((4, 3)) * 0.5).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w1q", "w1s"], ["w1"], axis=0, block_size=2),
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["y"]),
+    ]
+    made = float_model(nodes, [2, 8], [2, 3], constants)
+    made.opset_import[0].version = 21
+    made.ir_version = 10
+    _work, dep = analyze(made)
+    hidden = group_with(dep, "w2", 0)
+    assert "DequantizeLinear #0: blocked quantization (block_size) has no rule" in hidden.blocked
