@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from graphprune.edit import ConstantStore
-from graphprune.graph import GraphIndex, attribute, node_label
+from graphprune.graph import GraphIndex, all_inputs, attribute, node_label
 
 
 @dataclass(frozen=True, order=True)
@@ -534,7 +534,7 @@ def _conv(ctx: RuleContext, x: str, w: str, b: str, y: str) -> None:
         ctx.role(Space(b, 0), Role.OUT)
     if groups == 1:
         ctx.link(Space(x, 1), Space(w, 1))
-        ctx.role(Space(w, 1), Role.IN)
+        _reads(ctx, Space(w, 1))
     elif ctx.size(x, 1) != groups * in_per_group:
         # the outputs of a grouped conv can only shrink with its inputs: unknown input width
         for space in (Space(w, 0), Space(y, 1)):
@@ -545,7 +545,7 @@ def _conv(ctx: RuleContext, x: str, w: str, b: str, y: str) -> None:
     else:
         x_indices = np.arange(groups * in_per_group)
         ctx.link(Space(x, 1), Space(w, 1), (x_indices, x_indices % in_per_group))
-        ctx.role(Space(w, 1), Role.IN)
+        _reads(ctx, Space(w, 1))
         out_per_group = out_channels // groups
         o = np.arange(out_channels)
         ctx.link(Space(w, 0), Space(w, 0), (o, o % out_per_group))
@@ -561,7 +561,7 @@ def conv_transpose(ctx: RuleContext) -> None:
             ctx.block(space, "grouped ConvTranspose has no rule")
         return
     ctx.link(Space(x, 1), Space(w, 0))
-    ctx.role(Space(w, 0), Role.IN)
+    _reads(ctx, Space(w, 0))
     ctx.link(Space(w, 1), Space(y, 1))
     ctx.role(Space(w, 1), Role.OUT)
     if b:
@@ -591,7 +591,39 @@ def _contraction_reader(ctx: RuleContext, a_k: Space, b_k: Space) -> None:
     or through a Transpose or Gather of a constant), else A's (MatMul(Gather(experts), x)).
     An activation gathered from a table (an embedding lookup times a weight) reads nothing."""
     b_weight = _is_weight(ctx, b_k)
-    ctx.role(b_k if b_weight or not _is_weight(ctx, a_k) else a_k, Role.IN)
+    _reads(ctx, b_k if b_weight or not _is_weight(ctx, a_k) else a_k)
+
+
+COMPUTED_WEIGHT = (
+    "its weight is computed at run time from constants (a Cast, Mul or other op of a stored "
+    "weight): the oracle cannot mask what it reads"
+)
+
+
+def _reads(ctx: RuleContext, space: Space) -> None:
+    """`space` reads the channel: role `in` on its weight. A weight that the graph computes
+    from constants (int8 -> Cast -> Mul by scale; weight normalization) cannot be masked by
+    zeroing a stored slice, so the channel is blocked with the reason instead."""
+    if not _is_weight(ctx, space) and _computed_from_constants(ctx.index, space.tensor):
+        ctx.block(space, COMPUTED_WEIGHT)
+        return
+    ctx.role(space, Role.IN)
+
+
+def _computed_from_constants(index: GraphIndex, name: str, limit: int = 16) -> bool:
+    """Whether `name` is produced by nodes whose inputs are, transitively, constants only
+    (at most `limit` nodes looked at: a weight transform is short)."""
+    pending, seen = [name], set()
+    while pending:
+        tensor = pending.pop()
+        if index.is_constant(tensor) or tensor in seen:
+            continue
+        position = index.producer.get(tensor)
+        if position is None or len(seen) >= limit:
+            return False  # a graph input, or too far to be a weight transform
+        seen.add(tensor)
+        pending.extend(n for n in all_inputs(index.node(position)) if n)
+    return bool(seen)
 
 
 def _is_weight(ctx: RuleContext, space: Space) -> bool:

@@ -23,7 +23,7 @@ from onnxruntime.quantization import (
 )
 
 import graphprune.verify
-from graphprune.ops import DYNAMIC_SCALE, Role, Space
+from graphprune.ops import COMPUTED_WEIGHT, DYNAMIC_SCALE, Role, Space
 from tests.graphs import analyze, group_with, initializer, members, prune_every_group
 from tests.test_fuzz import run_cli
 
@@ -295,3 +295,29 @@ def test_blocked_quantization_is_a_barrier_with_its_reason():
     _work, dep = analyze(made)
     hidden = group_with(dep, "w2", 0)
     assert "DequantizeLinear #0: blocked quantization (block_size) has no rule" in hidden.blocked
+
+
+def test_weights_dequantized_by_cast_and_mul_are_refused_with_the_reason():
+    """int8 -> Cast -> Mul(scale) -> MatMul: zeroing a stored slice does not zero what the
+    MatMul reads, so the oracle would fail; the channels are refused saying why instead."""
+    rng = np.random.default_rng(5)
+    constants = {
+        "w1q": rng.integers(-127, 127, (16, 32)).astype(np.int8),
+        "w1s": rng.uniform(0.01, 0.02, 32).astype(np.float32),
+        "w2q": rng.integers(-127, 127, (32, 8)).astype(np.int8),
+        "w2s": rng.uniform(0.01, 0.02, 8).astype(np.float32),
+    }
+    nodes = []
+    for k in ("1", "2"):
+        nodes += [
+            helper.make_node("Cast", [f"w{k}q"], [f"w{k}c"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", [f"w{k}c", f"w{k}s"], [f"w{k}"]),
+        ]
+    nodes += [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"),
+    ]
+    _work, dep = analyze(float_model(nodes, [2, 16], [2, 8], constants))
+    hidden = group_with(dep, "w1s", 0)
+    assert f"MatMul 'fc2': {COMPUTED_WEIGHT}" in hidden.blocked
