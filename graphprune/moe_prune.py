@@ -37,7 +37,7 @@ from graphprune.moe import (
     RouterStats,
     find_layers,
 )
-from graphprune.ops import Role
+from graphprune.ops import Role, WeightValues
 from graphprune.pipeline import _check_paths, analyze, analyze_model, compact, smallest_ratio
 from graphprune.report import Summary, count_macs, summarize
 from graphprune.verify import (
@@ -520,7 +520,7 @@ def _prune_expert_mlp(
     own = [g for g in analysis.dep.groups if g.prunable and g.id in wanted]
     branch_groups = [g for g in own if not wanted[g.id].endswith(" all experts")]
     if branch_groups:
-        scorer, context = importance("l2"), ScoreContext(analysis.dep.index.constants)
+        scorer, context = importance("l2"), ScoreContext(WeightValues(analysis.dep.index))
         scores = {g.id: scorer.score(g, context) for g in branch_groups}
         removals = allocate(branch_groups, scores, ratio)
         model = compact(

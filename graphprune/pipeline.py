@@ -31,7 +31,7 @@ from graphprune.calibrate import GRAM_BUDGET, CalibrationStats, calibrate, expos
 from graphprune.data import CalibrationSource, batches
 from graphprune.depgraph import DepGraph, Group
 from graphprune.errors import BadInput
-from graphprune.ops import Space
+from graphprune.ops import Space, WeightValues
 from graphprune.passes.base import Update
 from graphprune.passes.bias_compensation import NewBias, apply_update, insert_biases, merge
 from graphprune.plan import Plan, fingerprint
@@ -260,7 +260,8 @@ def score(
     from graphprune.passes import ScoreContext, importance
 
     scorer = importance(criterion)
-    context = ScoreContext(constants=analysis.dep.index.constants, stats=stats, seed=seed)
+    # quantized weights are scored by their dequantized values (int8 squares would wrap)
+    context = ScoreContext(constants=WeightValues(analysis.dep.index), stats=stats, seed=seed)
     prunable = [g for g in (analysis.dep.groups if groups is None else groups) if g.prunable]
     return {g.id: scorer.score(g, context) for g in progress(prunable, f"scoring ({criterion})")}
 
@@ -347,6 +348,7 @@ def prune(
         scored = [g for g in in_scope(dep.groups, scopes) if g.prunable]
         if ratio > 0 and not scored:  # before calibration: nothing could qualify
             raise BadInput(nothing_removed(dep, scopes, ratio))
+    _check_compensable(passes, scored, dep)
     stats = None
     if needs_data:
         data = batches(CalibrationSource.of(calib), analysis.work, input_shapes)
@@ -510,6 +512,21 @@ def _uncompensated_outputs(
         dense = run(analysis.work, inputs)
     uncompensated = slice_channels(analysis.work, analysis.dep, removals)
     return dense, run(uncompensated, inputs)
+
+
+def _check_compensable(passes: list, groups: list[Group], dep: DepGraph) -> None:
+    """Compensation writes float updates into the consumers' weights: refuse it on a group
+    whose weights are integers (a quantized model), before any data is read."""
+    constants = dep.index.constants
+    for group in groups if passes else []:
+        for space in group.roles:
+            if space.tensor in constants and not constants.is_float(space.tensor):
+                raise BadInput(
+                    f"compensation {'+'.join(p.name for p in passes)} would write float values "
+                    f"into the quantized weight '{space.tensor}' (group {group.id}); use "
+                    "--compensation none without --reconstruct, or prune the float model "
+                    "before quantizing it"
+                )
 
 
 def _compensate(

@@ -321,3 +321,30 @@ def test_weights_dequantized_by_cast_and_mul_are_refused_with_the_reason():
     _work, dep = analyze(float_model(nodes, [2, 16], [2, 8], constants))
     hidden = group_with(dep, "w1s", 0)
     assert f"MatMul 'fc2': {COMPUTED_WEIGHT}" in hidden.blocked
+
+
+def test_l2_scores_quantized_weights_by_their_dequantized_magnitudes(tmp_path):
+    """int8 squares wrap around: the pipeline's scores must equal those of the real values."""
+    from graphprune.passes import ScoreContext, importance
+
+    from graphprune.pipeline import analyze_model, score
+
+    made, _ = quantized_static(tmp_path, True, QuantType.QInt8)
+    analysis = analyze_model(made)
+    group = group_with(analysis.dep, "c1.w_quantized", 0)
+    scores = score(analysis, "l2", groups=[group])[group.id]
+    from graphprune.ops import WeightValues
+
+    real = importance("l2").score(group, ScoreContext(WeightValues(analysis.dep.index)))
+    raw = importance("l2").score(group, ScoreContext(analysis.dep.index.constants))
+    np.testing.assert_allclose(scores, real)
+    assert not np.allclose(raw, real)  # the raw integers would score something else
+
+
+def test_compensation_on_quantized_weights_is_refused_before_any_data(tmp_path):
+    _, path = quantized_static(tmp_path, True, QuantType.QInt8)
+    code, stderr = run_cli(
+        ["prune", str(path), str(tmp_path / "o.onnx"), "--criterion", "fluctuation", "--data-free"]
+    )
+    assert code == 2 and "quantized weight" in stderr and "--compensation none" in stderr
+    assert not (tmp_path / "o.onnx").exists()
