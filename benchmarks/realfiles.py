@@ -535,13 +535,31 @@ def section(results: dict[str, Result]) -> str:
         f"nothing: an output scale under {TINY_SCALE:g} or not finite, cosine under "
         f"{LOW_COSINE}, a {RATIO} prune that removed nothing, an integer input drawn from an "
         "untraced range, a ratio-0 file or parameter count that grew. "
-        f"**{clean} of {len(shown)} files prune at {RATIO} with no problem.**",
+        f"**{clean} of {len(shown)} files prune at {RATIO} with no problem.**{_control(results)}",
         "",
         *table(results),
         "",
         END,
     ]
     return "\n".join(lines)
+
+
+def _control(results: dict[str, Result]) -> str:
+    """The noise floor of the timings: files where the prune removed nothing time the same
+    model twice."""
+    same = []
+    for entry in ENTRIES:
+        result = results.get(entry.key)
+        doc = result.steps.get(f"ratio {RATIO}", Step(1, 0)).doc if result else None
+        if doc and doc.get("pruned_groups") == 0 and result.bench:
+            same.append(f"`{entry.short}` {_speedup(result.bench)}")
+    if not same:
+        return ""
+    return (
+        " Noise control: where nothing was pruned the same model is timed against itself: "
+        + "; ".join(same)
+        + "."
+    )
 
 
 def findings(results: dict[str, Result]) -> str:
