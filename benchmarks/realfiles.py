@@ -492,7 +492,8 @@ def table(results: dict[str, Result]) -> list[str]:
             f"| {_verdict(result.steps.get('ratio 0.3'))} "
             f"| {_verdict(result.steps.get(REAL_LABEL)) if entry.realistic else ''} "
             f"| {_kept(result.steps.get('ratio 0.3'))} "
-            f"| {_speedup(result.bench)} | {problems} |"
+            f"| {'control' if _is_control(result) else _speedup(result.bench)} "
+            f"| {problems} |"
         )
     return lines
 
@@ -539,7 +540,9 @@ def section(results: dict[str, Result]) -> str:
         f"nothing: an output scale under {TINY_SCALE:g} or not finite, cosine under "
         f"{LOW_COSINE}, a {RATIO} prune that removed nothing, an integer input drawn from an "
         "untraced range, a ratio-0 file or parameter count that grew. "
-        f"**{clean} of {len(shown)} files prune at {RATIO} with no problem.**{_control(results)}",
+        f"**{clean} of {len(shown)} files prune at {RATIO} with no problem; internal errors or "
+        f"timeouts (exit 3, -1): {_count(shown, {3, -1})} steps; one-line refusals (exit 2): "
+        f"{_count(shown, {2})} steps.**{_control(results)}",
         "",
         *table(results),
         "",
@@ -548,21 +551,32 @@ def section(results: dict[str, Result]) -> str:
     return "\n".join(lines)
 
 
+def _count(shown: list[Result], codes: set[int]) -> int:
+    """How many steps of these files exited with one of these codes."""
+    return sum(1 for r in shown for step in r.steps.values() if step.rc in codes)
+
+
+def _is_control(result: Result | None) -> bool:
+    """Timed, but its prune removes nothing: the timing compares a model with itself."""
+    step = result.steps.get(f"ratio {RATIO}") if result else None
+    if step is None or not result.bench:
+        return False
+    return step.rc != 0 or (step.doc or {}).get("pruned_groups") == 0
+
+
 def _control(results: dict[str, Result]) -> str:
     """The noise floor of the timings: files where the prune removed nothing time the same
     model twice."""
-    same = []
-    for entry in ENTRIES:
-        result = results.get(entry.key)
-        doc = result.steps.get(f"ratio {RATIO}", Step(1, 0)).doc if result else None
-        if doc and doc.get("pruned_groups") == 0 and result.bench:
-            same.append(f"`{entry.short}` {_speedup(result.bench)}")
+    same = [
+        f"`{entry.short}` {_speedup(results[entry.key].bench)}"
+        for entry in ENTRIES
+        if _is_control(results.get(entry.key))
+    ]
     if not same:
         return ""
     return (
-        " Noise control: where nothing was pruned the same model is timed against itself: "
-        + "; ".join(same)
-        + "."
+        " Noise control: these files pruned nothing (an earlier commit wrote them unchanged, "
+        "now exit 2), so their timing compares the same model with itself: " + "; ".join(same) + "."
     )
 
 
