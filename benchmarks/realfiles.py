@@ -1,7 +1,8 @@
 """Real ONNX files that PyPI packages ship inside their wheels, run through the graphprune CLI
 as a new user would run them: no --shape, no --inputs, default criterion.
 
-    python -m benchmarks.realfiles [--only TEXT] [--timeout S] [--no-bench] [--dry]
+    python -m benchmarks.realfiles --snapshot [--only A,B] [--no-bench | --bench-only]
+                                   [--timeout S] [--findings FILE] [--dry]
 
 Our zoo passes because we exported it ourselves; these files come from other exporters
 (paddle2onnx, tf2onnx, spox, onnxruntime's quantizer, torch 1.9 to 2.14). Each wheel is fetched
@@ -12,11 +13,17 @@ a fresh subprocess with a timeout:
 - `graphprune inspect --json`: loads?, groups, share of parameters in prunable groups;
 - `graphprune prune --ratio 0 --json`: must reproduce the model (oracle passes, file not grown);
 - `graphprune prune --ratio 0.3 --json`: oracle verdict, smallest output scale, params kept;
+- for files whose package feeds inputs the defaults miss (VAD chunks with a sample rate, bytes,
+  text pages), the same prune with `--inputs` like the package's own;
 - `graphprune bench --json` of dense and pruned, alternating, at 1 and 2 threads: speedup.
 
 Results are kept per file in .cache/realfiles/results.json, so `--only` reruns a few files and
-the section is written from every stored result. A PASSED verdict is flagged as suspicious when
-an output's scale is tiny or not finite, the cosine is low, or a 0.3 prune removed nothing.
+the section is written from every stored result. `--snapshot` runs the CLI on the committed
+HEAD's sources (unpacked into the cache), so that edits in progress in the shared working tree
+cannot break or blur a run; `--findings` writes every problem with the command that shows it.
+A PASSED verdict is flagged as suspicious when an output's scale is tiny or not finite, the
+cosine is low, an integer input was drawn from an untraced range, or a 0.3 prune removed
+nothing; a ratio-0 file or parameter count that grew is flagged too.
 """
 
 from __future__ import annotations
