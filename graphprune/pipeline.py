@@ -379,8 +379,11 @@ def prune(
     if update is not None:
         dense, without = _uncompensated_outputs(analysis, removals, inputs)
         lap("outputs without compensation")
-    pruned, new_biases = _rewrite(analysis, removals, update, stats)
-    compact(pruned, analysis.constant_names)
+    if removals:
+        pruned, new_biases = _rewrite(analysis, removals, update, stats)
+        compact(pruned, analysis.constant_names)
+    else:  # ratio 0 reproduces the input as it was: the oracle checks preparation against it
+        pruned, new_biases = loading.load(source), []
     lap("rewrite")
     after = summarize(pruned, None, shapes)
     if update is not None:
