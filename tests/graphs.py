@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 from graphprune.passes.slice_channels import slice_channels
@@ -134,3 +136,42 @@ def prune_at_ratio(made: onnx.ModelProto, ratio: float, criterion: str = "l2"):
     checks = oracle(analysis.work, pruned, dep, removals, inputs, ("cpu",))
     assert checks and all(c.passed for c in checks), [c.line() for c in checks]
     return pruned, dep, removals
+
+
+def quantized(
+    dense: onnx.ModelProto,
+    folder: Path,
+    static: bool = True,
+    per_channel: bool = True,
+    weight_type: str = "QInt8",
+    quant_format: str = "QDQ",
+) -> Path:
+    """`dense` (one float input `x` of static shape) saved in `folder` and quantized there by
+    onnxruntime.quantization: quantize_static on four random batches (activations of the
+    weights' type, which onnxruntime needs for uint8 weights), or quantize_dynamic."""
+    from onnxruntime import quantization
+
+    source, target = folder / "float.onnx", folder / "quantized.onnx"
+    onnx.save(dense, source)
+    kind = getattr(quantization.QuantType, weight_type)
+    if not static:
+        quantization.quantize_dynamic(source, target, weight_type=kind)
+        return target
+    dims = [d.dim_value for d in dense.graph.input[0].type.tensor_type.shape.dim]
+    rng = np.random.default_rng(2)
+    batches = iter([{"x": rng.standard_normal(dims).astype(np.float32)} for _ in range(4)])
+
+    class Batches(quantization.CalibrationDataReader):
+        def get_next(self):
+            return next(batches, None)
+
+    quantization.quantize_static(
+        source,
+        target,
+        Batches(),
+        quant_format=getattr(quantization.QuantFormat, quant_format),
+        per_channel=per_channel,
+        weight_type=kind,
+        activation_type=kind,
+    )
+    return target

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphprune.cli import main
 from graphprune.report import count_params
-from tests.graphs import ints, model, node, weight
+from tests.graphs import ints, model, node, quantized, weight
 from tests.test_commands import validate
 
 
@@ -146,26 +146,8 @@ def small_float_cnn() -> onnx.ModelProto:
 
 def ort_quantized(tmp_path, static: bool) -> tuple:
     """(float model path, int8 model path) from onnxruntime.quantization."""
-    quantization = pytest.importorskip("onnxruntime.quantization")
-    dense, quantized = tmp_path / "float.onnx", tmp_path / "int8.onnx"
-    onnx.save(small_float_cnn(), dense)
-    if static:
-        rng = np.random.default_rng(1)
-        samples = iter([{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}] * 2)
-
-        class Reader(quantization.CalibrationDataReader):
-            def get_next(self):
-                return next(samples, None)
-
-        quantization.quantize_static(
-            str(dense), str(quantized), Reader(), quant_format=quantization.QuantFormat.QDQ,
-            per_channel=True, weight_type=quantization.QuantType.QInt8,
-        )
-    else:
-        quantization.quantize_dynamic(
-            str(dense), str(quantized), weight_type=quantization.QuantType.QInt8
-        )
-    return dense, quantized
+    target = quantized(small_float_cnn(), tmp_path, static=static)
+    return tmp_path / "float.onnx", target
 
 
 @pytest.mark.parametrize("static", [True, False], ids=["qdq-static", "dynamic"])

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphprune.cli import main
 from graphprune.pipeline import compact, constant_names
+from tests.graphs import quantized
 
 METADATA_SLACK = 300  # bytes a rewrite may add (node names, a metadata entry)
 CHANNELS = 32
@@ -64,25 +65,7 @@ def as_constant_nodes(made: onnx.ModelProto) -> onnx.ModelProto:
 
 def qdq(tmp_path, dense: onnx.ModelProto):
     """`dense` quantized by onnxruntime.quantization.quantize_static (QDQ, per-channel int8)."""
-    quantization = pytest.importorskip("onnxruntime.quantization")
-    source, quantized = tmp_path / "float.onnx", tmp_path / "qdq.onnx"
-    onnx.save(dense, source)
-    rng = np.random.default_rng(1)
-    samples = iter([{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}] * 2)
-
-    class Reader(quantization.CalibrationDataReader):
-        def get_next(self):
-            return next(samples, None)
-
-    quantization.quantize_static(
-        str(source),
-        str(quantized),
-        Reader(),
-        quant_format=quantization.QuantFormat.QDQ,
-        per_channel=True,
-        weight_type=quantization.QuantType.QInt8,
-    )
-    return quantized
+    return quantized(dense, tmp_path)
 
 
 @pytest.mark.parametrize("form", ["qdq", "constant-nodes", "float"])

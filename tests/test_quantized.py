@@ -24,7 +24,14 @@ from onnxruntime.quantization import (
 
 import graphprune.verify
 from graphprune.ops import COMPUTED_WEIGHT, DYNAMIC_SCALE, Role, Space
-from tests.graphs import analyze, group_with, initializer, members, prune_every_group
+from tests.graphs import (
+    analyze,
+    group_with,
+    initializer,
+    members,
+    prune_every_group,
+    quantized,
+)
 from tests.test_fuzz import run_cli
 
 logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization's pre-processing advice
@@ -87,16 +94,10 @@ class Batches(CalibrationDataReader):
 
 
 def quantized_static(tmp_path, per_channel: bool, weight_type, quant_format=QuantFormat.QDQ):
-    source, target = tmp_path / "float.onnx", tmp_path / "quantized.onnx"
-    onnx.save(float_cnn(), source)
-    quantize_static(
-        source,
-        target,
-        Batches((1, 3, 8, 8)),
-        quant_format=quant_format,
-        per_channel=per_channel,
-        weight_type=weight_type,
-        activation_type=weight_type,  # onnxruntime takes uint8 weights with uint8 activations
+    """`float_cnn` through quantize_static (activations of the weights' type: onnxruntime takes
+    uint8 weights with uint8 activations only)."""
+    target = quantized(
+        float_cnn(), tmp_path, True, per_channel, weight_type.name, quant_format.name
     )
     return onnx.load(target), target
 
