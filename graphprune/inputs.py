@@ -316,6 +316,7 @@ FLOAT_DRAWS: dict[str, FloatDraw] = {
     "N(0,1) x 10": lambda rng, shape: rng.standard_normal(shape) * 10,
 }
 # the input sets the oracle tries, in order: (float distribution, seed offset)
+LONG_DYNAMIC_DIM = 512  # a fallback size for dynamic float axes: audio chunks, long sequences
 CANDIDATES = (("N(0,1)", 0), ("U[0,1)", 1), ("U[0,255)", 2), ("N(0,1) x 10", 3), ("N(0,1)", 4))
 
 
@@ -410,13 +411,16 @@ def default_inputs(
     model: onnx.ModelProto, seed: int = 0, shapes: Mapping[str, tuple[int, ...]] | None = None
 ) -> InputSet:
     """Inputs for `model` from its graph (see the module docstring), floats N(0, 1). Their
-    alternatives: the same with every dynamic size not given set to 1, a fallback for a model
-    that does not run at the first (an unnamed dynamic axis may be a batch in disguise: an
-    RNN state [2, batch, 128]), then the other CANDIDATES."""
+    alternatives: the same with every dynamic size not given set to 1, then with dynamic float
+    sizes of LONG_DYNAMIC_DIM, fallbacks for a model that does not run at the first (an unnamed
+    dynamic axis may be a batch in disguise: an RNN state [2, batch, 128]; a VAD's reflect
+    padding needs a chunk longer than 64 samples), then the other CANDIDATES."""
     found = roles(model)
     refuse_selectors(found)
     sized = input_shapes(model, shapes, found=found)
     small = input_shapes(model, shapes, int_size=1, float_size=1, found=found)
+    long = input_shapes(model, shapes, float_size=LONG_DYNAMIC_DIM, found=found)
+    fallbacks = {id(small): ", dynamic sizes 1", id(long): f", float sizes {LONG_DYNAMIC_DIM}"}
     dtypes = {v.name: input_dtype(v) for v in free_inputs(model)}
     has_floats = any(r.kind == "float" for r in found.values())
 
@@ -429,12 +433,13 @@ def default_inputs(
         }
         how = {name: role.how(distribution) for name, role in found.items()}
         label = f"{distribution} floats, seed {seed + offset}" if has_floats else ""
-        label = (label or f"seed {seed + offset}") + (", dynamic sizes 1" if sizes is small else "")
-        return InputSet(arrays, label, how, fallback=sizes is small)
+        label = (label or f"seed {seed + offset}") + fallbacks.get(id(sizes), "")
+        return InputSet(arrays, label, how, fallback=id(sizes) in fallbacks)
 
     def alternatives() -> Iterator[InputSet]:
-        if small != sized:
-            yield made(*CANDIDATES[0], small)
+        for other in (small, long):
+            if other != sized:
+                yield made(*CANDIDATES[0], other)
         # without float inputs only the seed can change
         others = CANDIDATES[1:] if has_floats else (("N(0,1)", 1), ("N(0,1)", 2))
         for distribution, offset in others:

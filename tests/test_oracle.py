@@ -358,3 +358,31 @@ def test_a_slice_end_stays_within_the_axis_it_cuts():
     made = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     ends = np.concatenate([random_inputs(made, seed)["end"] for seed in range(40)])
     assert ends.min() >= 1 and ends.max() <= 12 and len(set(ends)) > 6
+
+
+def test_a_model_that_needs_a_long_chunk_is_checked_at_long_float_sizes(tmp_path, capsys):
+    """silero VAD: reflect padding of 100 samples on a dynamic-length chunk runs neither at the
+    default 64 samples nor at 1: the oracle falls back to 512 and judges there."""
+    graph = helper.make_graph(
+        [
+            node("Pad", ["x", "pads"], ["padded"], mode="reflect"),
+            node("Unsqueeze", ["padded", "axis1"], ["u"]),
+            node("Conv", ["u", "w1"], ["c1"], strides=[8]),
+            node("Relu", ["c1"], ["r"]),
+            node("Conv", ["r", "w2"], ["y"]),
+        ],
+        "vad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "samples"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, "frames"])],
+        [
+            numpy_helper.from_array(np.array([0, 100, 0, 100], np.int64), "pads"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+            numpy_helper.from_array(weight(8, 1, 16), "w1"),
+            numpy_helper.from_array(weight(4, 8, 1), "w2"),
+        ],
+    )
+    path, target = tmp_path / "vad.onnx", tmp_path / "pruned.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert main(["prune", str(path), str(target), "--providers", "cpu", "--ratio", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "PASSED" in out and "float sizes 512" in out and "x 1x512 float32" in out
