@@ -16,7 +16,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from graphprune import validate
-from graphprune.edit import copy_structure, set_dim
+from graphprune.edit import copy_structure, name_dynamic_sizes, set_dim
 from graphprune.errors import BadInput
 
 MIN_OPSET = 11
@@ -54,17 +54,6 @@ def load_sized(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
     name_dynamic_sizes(model)
     data_files = _load_external_data(model, path)
     return model, path.stat().st_size + sum(f.stat().st_size for f in data_files)
-
-
-def name_dynamic_sizes(model: onnx.ModelProto) -> None:
-    """Give a symbolic name to each graph input and output size declared as -1 (paddle2onnx) or
-    0 (some VAD exports), in place. Both mean "dynamic"; written as numbers, onnxruntime accepts
-    only that number and onnx's checker holds the graph to it, so the pruned model would fail
-    the save check. A name is how every other exporter writes a dynamic size."""
-    for value in (*model.graph.input, *model.graph.output):
-        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
-            if dim.HasField("dim_value") and dim.dim_value <= 0:
-                dim.dim_param = f"{value.name}_dynamic_{axis}"
 
 
 def _first_line(err: BaseException) -> str:

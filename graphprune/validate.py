@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from graphprune.edit import name_dynamic_sizes
 from graphprune.errors import BadInput
 from graphprune.graph import all_inputs
 
@@ -423,10 +424,7 @@ def _check_declared_outputs(skeleton: onnx.ModelProto, path: Path) -> None:
     on the way anyway), input dims -1 and 0 count as dynamic, and inference failing for any
     other reason (ops it does not know, its own gaps) is left to the later fallbacks."""
     del skeleton.graph.value_info[:]
-    for value in skeleton.graph.input:
-        for i, dim in enumerate(value.type.tensor_type.shape.dim):
-            if dim.HasField("dim_value") and dim.dim_value <= 0:
-                dim.dim_param = f"{value.name}_dynamic_{i}"
+    name_dynamic_sizes(skeleton, outputs=False)
     try:
         onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True)
     except Exception as err:  # InferenceError, or C++ errors of other types
