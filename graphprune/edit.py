@@ -121,23 +121,16 @@ def resize_declared_weights(model: onnx.ModelProto, declared: set[str]) -> None:
             set_dim(shape.dim.add(), int(size))
 
 
-def name_dynamic_sizes(model: onnx.ModelProto, outputs: bool = True) -> None:
-    """Give a symbolic name to each graph input (and output) size declared as -1 (paddle2onnx)
-    or 0 (some VAD exports), in place. Both mean "dynamic"; written as numbers, onnxruntime
+def unknown_dynamic_sizes(model: onnx.ModelProto, outputs: bool = True) -> None:
+    """Make each graph input (and output) size declared as -1 (paddle2onnx) or 0 (some VAD
+    exports) an unknown size, in place. Both mean "dynamic"; written as numbers, onnxruntime
     accepts only that number and onnx's checker holds the graph to it, so a pruned model would
-    fail the save check. A name is how every other exporter writes a dynamic size; short ones
-    (`dyn0`, `dyn1`, ... unused elsewhere) take fewer bytes than the varint of -1."""
-    values = [*model.graph.input, *(model.graph.output if outputs else [])]
-    taken = {
-        d.dim_param
-        for v in [*values, *model.graph.value_info]
-        for d in v.type.tensor_type.shape.dim
-    }
-    names = (f"dyn{k}" for k in range(2**31) if f"dyn{k}" not in taken)
-    for value in values:
+    fail the save check. An unknown size is the plain form of "dynamic", and the shortest one
+    on disk (the varint of -1 takes ten bytes)."""
+    for value in [*model.graph.input, *(model.graph.output if outputs else [])]:
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_value") and dim.dim_value <= 0:
-                dim.dim_param = next(names)
+                dim.Clear()
 
 
 def set_dim(dim: onnx.TensorShapeProto.Dimension, size: int | str) -> None:

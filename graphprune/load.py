@@ -16,7 +16,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from graphprune import validate
-from graphprune.edit import copy_structure, name_dynamic_sizes, set_dim
+from graphprune.edit import copy_structure, set_dim, unknown_dynamic_sizes
 from graphprune.errors import BadInput
 
 MIN_OPSET = 11
@@ -51,7 +51,7 @@ def load_sized(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
         raise BadInput(f"{path} is not a valid ONNX model (no graph or no nodes)")
     _check_opset(model, path)
     validate.check_model(model, path)
-    name_dynamic_sizes(model)
+    unknown_dynamic_sizes(model)
     data_files = _load_external_data(model, path)
     return model, path.stat().st_size + sum(f.stat().st_size for f in data_files)
 

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from graphprune.edit import name_dynamic_sizes
+from graphprune.edit import unknown_dynamic_sizes
 from graphprune.errors import BadInput
 from graphprune.graph import all_inputs
 
@@ -424,7 +424,7 @@ def _check_declared_outputs(skeleton: onnx.ModelProto, path: Path) -> None:
     on the way anyway), input dims -1 and 0 count as dynamic, and inference failing for any
     other reason (ops it does not know, its own gaps) is left to the later fallbacks."""
     del skeleton.graph.value_info[:]
-    name_dynamic_sizes(skeleton, outputs=False)
+    unknown_dynamic_sizes(skeleton, outputs=False)
     try:
         onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True)
     except Exception as err:  # InferenceError, or C++ errors of other types
