@@ -30,7 +30,7 @@ from graphprune.allocate import DEFAULT_SCOPES, allocate, in_scope, unit_params
 from graphprune.calibrate import GRAM_BUDGET, CalibrationStats, calibrate, exposed
 from graphprune.data import CalibrationSource, batches
 from graphprune.depgraph import DepGraph, Group
-from graphprune.errors import BadInput
+from graphprune.errors import BadInput, about
 from graphprune.ops import Space, WeightValues
 from graphprune.passes.base import Update
 from graphprune.passes.bias_compensation import NewBias, apply_update, insert_biases, merge
@@ -398,9 +398,10 @@ def prune(
         # compensation applied, the masked model is the compensated original)
         # pruning an inexact group (hidden size): the oracle reports, a structural check judges
         exact = all(dep.group(group_id).exact for group_id in removals)
-        checks = oracle(
-            analysis.work, pruned, dep, removals, inputs, providers, rtol, atol, True, exact
-        )
+        with about(source):
+            checks = oracle(
+                analysis.work, pruned, dep, removals, inputs, providers, rtol, atol, True, exact
+            )
         lap("verify")
     result = PruneResult(
         plan=plan,

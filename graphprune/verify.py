@@ -60,7 +60,7 @@ import onnxruntime as ort
 from graphprune import load as loading
 from graphprune.depgraph import DepGraph
 from graphprune.edit import ConstantStore, copy_structure
-from graphprune.errors import BadInput
+from graphprune.errors import BadInput, about
 from graphprune.inputs import (
     DYNAMIC_DIM,
     InputSet,
@@ -818,7 +818,8 @@ def verify(
     report = VerifyReport(str(a), str(b), rtol, atol, {k: list(v.shape) for k, v in feeds.items()})
     used: dict[str, InputSet] = {}
     for provider in providers:
-        check, chosen = _compared("A vs B", model_a, model_b, feeds, provider, rtol, atol)
+        with about(a):
+            check, chosen = _compared("A vs B", model_a, model_b, feeds, provider, rtol, atol)
         report.checks.append(check)
         if chosen is not None and not check.inconclusive:
             used[provider] = chosen

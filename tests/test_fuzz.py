@@ -504,6 +504,7 @@ def test_an_onnxruntime_load_error_in_the_oracle_names_no_temporary_file(tmp_pat
     prune = next(o for o in check_mutant(mutant, tmp_path) if o.command == "prune")
     assert prune.exit_code == 2 and "Incompatible dimensions" in prune.stderr
     assert not prune.problems, prune.problems
+    assert f"error: {tmp_path / 'in' / MODEL_NAME}: " in prune.stderr  # the user's own file
 
 
 HANG_SAMPLE = 3
