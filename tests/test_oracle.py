@@ -391,3 +391,25 @@ def test_a_model_that_needs_a_long_chunk_is_checked_at_long_float_sizes(tmp_path
     assert main(["prune", str(path), str(target), "--providers", "cpu", "--ratio", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "PASSED" in out and "float sizes 512" in out and "x 1x512 float32" in out
+
+
+def test_a_saturated_sigmoid_output_sends_the_oracle_to_livelier_inputs(tmp_path, capsys):
+    """A text detector's probability map at Gaussian inputs sits at ~1e-9 everywhere (PP-OCR
+    det: 2e-5): alive, but all but constant. Other input sets are tried first."""
+    nodes = [
+        node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        node("Relu", ["c1"], ["r"]),
+        node("Conv", ["r", "w2", "b2"], ["c2"]),
+        node("Sigmoid", ["c2"], ["y"]),
+    ]
+    rng = np.random.default_rng(5)  # N(0,1) inputs: max 2e-4; N(0,1) x 10: from 0 to 1
+    consts = {
+        "w1": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+        "w2": rng.standard_normal((1, 8, 1, 1)).astype(np.float32),
+        "b2": np.array([-60], np.float32),
+    }
+    path, target = tmp_path / "det.onnx", tmp_path / "pruned.onnx"
+    onnx.save(model(nodes, {"x": (1, 3, 16, 16)}, ["y"], consts), path)
+    assert main(["prune", str(path), str(target), "--providers", "cpu", "--ratio", "0.5"]) == 0
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("PASSED")]
+    assert "N(0,1) x 10 floats, seed 3" in line and float(line.split("output scale ")[1][:8]) > 0.5
